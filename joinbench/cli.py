@@ -1,14 +1,23 @@
-"""The ``joinbench`` command line (typer)."""
+"""The ``joinbench`` command line (typer). User errors print one line and exit 2."""
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from .errors import JoinbenchError
 from .registry import REGISTRIES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="joinbench: intrinsic image decomposition benchmark (JoIN and baselines).")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="joinbench: intrinsic image decomposition benchmark (JoIN and baselines).")
+datasets_app = typer.Typer(no_args_is_help=True, help="Preview, describe and export datasets.")
+weights_app = typer.Typer(no_args_is_help=True, help="Provision pretrained backbone weights offline.")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(weights_app, name="weights")
 
 
 @app.callback()
@@ -19,7 +28,10 @@ def _root() -> None:
 @app.command("list")
 def list_cmd(kind: str = typer.Argument(..., help="methods | datasets | metrics | forward-models"),
              pattern: str = typer.Option("*", "--pattern", "-p", help="shell pattern, e.g. 'join*'")):
-    """List registered methods, datasets, metrics or forward models with descriptions."""
+    """List registered methods, datasets, metrics or forward models with descriptions.
+
+    Example: joinbench list methods
+    """
     if kind not in REGISTRIES:
         import difflib
 
@@ -29,7 +41,139 @@ def list_cmd(kind: str = typer.Argument(..., help="methods | datasets | metrics 
     rows = REGISTRIES[kind].describe(pattern)
     width = max((len(n) for n, _ in rows), default=0)
     for name, desc in rows:
-        typer.echo(f"{name.ljust(width)}  {desc}")
+        extra = ""
+        if kind == "metrics":
+            from .registry import create_metric
+
+            m = create_metric(name)
+            extra = f"[{'higher' if m.higher_is_better else 'lower'} is better, {m.space}] "
+        typer.echo(f"{name.ljust(width)}  {extra}{desc}")
+
+
+@app.command("run")
+def run_cmd(
+    method: str = typer.Option(..., "--method", "-m", help="registered method, e.g. color-retinex (see `joinbench list methods`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="registered dataset, e.g. materials, folder:PATH"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images"),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="images per batch"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
+    seed: int = typer.Option(0, "--seed", help="test-split seed"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<time>-<method>-<dataset>); rerun into it to resume"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a method setting: key=value (repeatable)"),
+    metrics: str = typer.Option("default", "--metrics", help="comma list, 'default' or 'none' (score later with --method predictions:RUN/predictions)"),
+    save_predictions: bool = typer.Option(False, "--save-predictions", help="keep every prediction (lossless npz) in RUN/predictions"),
+    grid_images: int = typer.Option(8, "--grid-images", help="rows in grid.png"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Run METHOD on DATASET: records.jsonl, summary.json, table.md and grid.png in a run folder.
+
+    Example: joinbench run --method color-retinex --dataset materials
+    """
+    from .method import parse_set_options
+    from .runner import RunSettings, run_benchmark
+
+    metric_list = None if metrics == "default" else (() if metrics == "none" else tuple(m.strip() for m in metrics.split(",") if m.strip()))
+    os.environ.setdefault("JOINBENCH_COMMAND", "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    settings = RunSettings(method=method, dataset=dataset, limit=limit, batch_size=batch_size, device=device,
+                           resolution=resolution, seed=seed, out=out, overrides=parse_set_options(set_),
+                           metrics=metric_list, save_predictions=save_predictions, grid_images=grid_images,
+                           progress=not quiet)
+    run_dir = run_benchmark(settings)
+    typer.echo((run_dir / "table.md").read_text())
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command("report")
+def report_cmd(
+    runs: List[Path] = typer.Argument(..., help="run folders to compare"),
+    format: str = typer.Option("md", "--format", "-f", help="md | latex | csv | html"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+    title: Optional[str] = typer.Option(None, "--title", help="report title"),
+):
+    """Merge run folders into one comparison table (best per column marked).
+
+    Example: joinbench report runs/*-materials --format html --out report.html
+    """
+    from .env import write_atomic
+    from .report import render_report
+
+    text = render_report(list(runs), format, title)
+    if out:
+        write_atomic(out, text)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@datasets_app.command("preview")
+def datasets_preview(
+    name: str = typer.Argument(..., help="dataset name, e.g. materials"),
+    n: int = typer.Option(16, "--n", help="number of samples (rows)"),
+    resolution: int = typer.Option(64, "--resolution", "-r"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG file (default NAME-preview.png)"),
+):
+    """A grid with one row per test sample: image | albedo | shading | specular (| mask).
+
+    Example: joinbench datasets preview materials --n 16 --out materials.png
+    """
+    from .runner import create_dataset_for_run
+    from .viz import dataset_rows, grid_image, save_image_atomic
+
+    ds = create_dataset_for_run(name, resolution, seed)
+    rows, labels = dataset_rows(ds, n)
+    path = out or Path(f"{name.replace(':', '_').replace('/', '_')}-preview.png")
+    save_image_atomic(grid_image(rows, labels, cell=max(64, resolution)), path)
+    typer.echo(f"wrote {path} ({len(rows)} samples of {name} at {resolution} px)")
+
+
+@datasets_app.command("info")
+def datasets_info(name: str = typer.Argument(...), resolution: int = typer.Option(64, "--resolution", "-r")):
+    """Describe a dataset: size, ground truth, forward model, source and licence.
+
+    Example: joinbench datasets info materials-shift
+    """
+    from .runner import create_dataset_for_run
+
+    ds = create_dataset_for_run(name, resolution, 0)
+    for k, v in ds.info().items():
+        typer.echo(f"{k}: {v}")
+
+
+@datasets_app.command("export")
+def datasets_export(
+    name: str = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    split: str = typer.Option("test", "--split", help="only 'test' (training data is an infinite stream)"),
+    resolution: int = typer.Option(64, "--resolution", "-r"),
+    seed: int = typer.Option(0, "--seed"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n"),
+):
+    """Write a test split as PNGs (every layer) plus lossless linear npz copies.
+
+    Example: joinbench datasets export materials --split test --out exported/materials
+    """
+    from .export import export_dataset
+    from .runner import create_dataset_for_run
+
+    if split != "test":
+        raise JoinbenchError(f"Only the test split can be exported (got --split {split!r}); training data is an infinite procedural stream.")
+    ds = create_dataset_for_run(name, resolution, seed)
+    path = export_dataset(ds, out, limit)
+    typer.echo(f"exported {min(limit or len(ds), len(ds))} samples of {name} to {path}")
+
+
+@weights_app.command("lpips")
+def weights_lpips(path: Optional[Path] = typer.Option(None, "--path", help="explicit folder holding the weights")):
+    """Provision torchvision's ImageNet AlexNet and VGG16 features for LPIPS, offline-capably.
+
+    Example: joinbench weights lpips
+    """
+    from .lpips_weights import provision_all
+
+    for net, p in provision_all(path).items():
+        typer.echo(f"{net}: {p}")
 
 
 def main() -> None:
@@ -39,6 +183,9 @@ def main() -> None:
     except JoinbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command (same --out) to resume", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,12 @@ class ForwardModel:
             out = srgb_encode(raw)
         return out.clamp(0.0, 1.0)
 
+    def undisplay(self, image: Tensor) -> Tensor:
+        """Display image -> linear composite (inverse tone map; clipped highlights stay finite)."""
+        if self.tonemap == "reinhard":
+            return reinhard_decode(image, self.scale)
+        return srgb_decode(image)
+
     def render(self, albedo: Tensor, shading: Tensor, specular: Tensor | None = None) -> Tensor:
         """Linear components -> display image."""
         return self.display(self.compose(albedo, shading, specular))

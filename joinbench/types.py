@@ -54,6 +54,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def component(self, name: str) -> Tensor | None:
+        return getattr(self, name)
+
     @classmethod
     def collate(cls, samples: list[Sample]) -> "Batch":
         def stack(name: str) -> Tensor | None:

@@ -1,0 +1,57 @@
+"""`joinbench datasets export`: a test split as files other tools can read.
+
+Layout (the same one ``folder:PATH`` reads back, and ``predictions:PATH/linear`` scores)::
+
+    DIR/<id>.png                    display image (8-bit sRGB-like display values)
+    DIR/albedo/<id>.png             encoded components (8-bit), shading/, specular/ likewise
+    DIR/mask/<id>.png               mask where the dataset has one
+    DIR/linear/<id>.npz             lossless float32 linear image/albedo/shading/specular/mask
+    DIR/dataset.json                dataset description, forward model, encodings, seed
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .env import write_json
+from .forward import COMPONENTS
+from .viz import save_image_atomic, to_uint8
+
+
+def export_dataset(dataset, out: str | Path, limit: int | None = None, progress: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fm = dataset.forward_model
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in tqdm(range(n), desc=f"export {dataset.name}", unit="img", disable=not progress):
+        s = dataset[i]
+        save_image_atomic(Image.fromarray(to_uint8(s.image)), out / f"{s.id}.png")
+        arrays = {"image": s.image.numpy()}
+        for c in COMPONENTS:
+            lin = s.component(c)
+            if lin is None:
+                continue
+            save_image_atomic(Image.fromarray(to_uint8(fm.encode(c, lin))), out / c / f"{s.id}.png")
+            arrays[c] = lin.numpy()
+        if s.mask is not None:
+            save_image_atomic(Image.fromarray(to_uint8(s.mask.float())[..., 0]), out / "mask" / f"{s.id}.png")
+            arrays["mask"] = s.mask.float().numpy()
+        (out / "linear").mkdir(exist_ok=True)
+        tmp = out / "linear" / f".{s.id}.tmp.npz"
+        np.savez_compressed(tmp, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        os.replace(tmp, out / "linear" / f"{s.id}.npz")
+    write_json(out / "dataset.json", {
+        **dataset.info(), "exported_images": n,
+        "forward_model_description": fm.describe(),
+        "files": {
+            "<id>.png": "display image, 8-bit",
+            "albedo|shading|specular/<id>.png": "encoded display-space components, 8-bit (albedo sRGB, shading/specular Reinhard)",
+            "mask/<id>.png": "evaluation mask (255 = evaluate)",
+            "linear/<id>.npz": "lossless float32 arrays (3,H,W): image (display), albedo/shading/specular (linear), mask (1,H,W)",
+        },
+    })
+    return out

@@ -1,0 +1,3 @@
+"""joinbench's own methods (JoIN and its variants) and the ``predictions:DIR`` adapter.
+Importing this package registers them."""
+from . import predictions  # noqa: F401

@@ -1,0 +1,299 @@
+"""The benchmark runner: one method on one dataset -> a complete run folder.
+
+Records (one JSON line per image and component, every metric, timings) are appended to
+``records.jsonl`` batch by batch and fsynced, so a killed run loses at most the batch in
+flight; rerunning into the same folder skips the finished images and the final table
+equals that of an uninterrupted run. ``summary.json``, ``table.md`` and ``grid.png``
+are written atomically at the end.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .env import (device_name, git_commit, peak_memory_mb, resolve_device, synchronize,
+                  versions, write_atomic, write_json)
+from .errors import JoinbenchError
+from .forward import COMPONENTS
+from .registry import DATASETS, create_method, create_metric
+from .tables import run_table_markdown, summarise_records
+from .types import Batch, Decomposition
+from .viz import grid_image, save_image_atomic
+
+DEFAULT_METRICS = ("mse", "psnr", "ssim", "lpips", "si-mse", "si-lmse", "lmse", "dssim")
+IMAGE_ROW = "image"  # the re-rendered image against the input
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a run (the CLI's options)."""
+
+    method: str
+    dataset: str
+    limit: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    resolution: int = 64
+    seed: int = 0
+    out: Path | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: tuple[str, ...] | None = None  # None: defaults; (): score nothing
+    save_predictions: bool = False
+    grid_images: int = 8
+    progress: bool = True
+
+
+def create_dataset_for_run(name: str, resolution: int, seed: int):
+    """Create a dataset passing only the options its factory accepts (real photos have no seed)."""
+    entry, arg = DATASETS.get(name)
+    params = inspect.signature(entry.factory).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in {"resolution": resolution, "seed": seed}.items() if accepts_any or k in params}
+    return DATASETS.create(name, **kwargs)
+
+
+def default_run_dir(method: str, dataset: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe = lambda s: "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:60]
+    return Path("runs") / f"{stamp}-{safe(method)}-{safe(dataset)}"
+
+
+# -- records on disk ---------------------------------------------------------------------
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Read records.jsonl, ignoring a torn last line from a killed run."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn write
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def _finished_ids(records: list[dict[str, Any]]) -> set[str]:
+    # The image row is written last for each image, so its presence marks completion.
+    return {r["id"] for r in records if r.get("component") == IMAGE_ROW}
+
+
+def _append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- scoring -----------------------------------------------------------------------------
+def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, seconds: float,
+                components: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One record per image and component (ground-truth components, then the re-render)."""
+    n = len(batch)
+    missing: dict[str, list[str]] = dec.extras.get("missing", {})
+    rerender = dec.rerender
+    rows: dict[str, dict[str, list[float]]] = {}
+    for comp in (*components, IMAGE_ROW):
+        values: dict[str, list[float]] = {}
+        for m in metrics:
+            if comp == IMAGE_ROW:
+                if m.space != "encoded":
+                    continue
+                pred, target = rerender, batch.image
+            else:
+                gt = batch.component(comp)
+                lin = dec.component(comp)
+                if m.space == "encoded":
+                    pred, target = dataset_fm.encode(comp, lin), dataset_fm.encode(comp, gt)
+                else:
+                    pred, target = lin, gt
+            ok = [i for i in range(n) if not dec.errors[i] and comp not in missing.get(batch.ids[i], [])]
+            vals = [float("nan")] * n
+            if ok:
+                idx = torch.tensor(ok, device=pred.device)
+                mask = None if batch.mask is None else batch.mask.index_select(0, idx)
+                out = m(pred.index_select(0, idx).float(), target.index_select(0, idx).float(), mask)
+                for j, i in enumerate(ok):
+                    vals[i] = float(out[j])
+            values[m.name] = vals
+        rows[comp] = values
+    records = []
+    for i, sid in enumerate(batch.ids):
+        for comp in (*components, IMAGE_ROW):
+            err = dec.errors[i] or ("missing prediction" if comp in missing.get(sid, []) else None)
+            records.append({
+                "id": sid, "component": comp, "error": err, "seconds": seconds / n,
+                "metrics": {k: v[i] for k, v in rows[comp].items()},
+            })
+    return records
+
+
+def _save_prediction(path: Path, dec: Decomposition, i: int, fm) -> None:
+    arrays = {}
+    for c in COMPONENTS:
+        lin = dec.component(c)[i].detach().float().cpu()
+        arrays[c] = lin.numpy()
+        arrays[f"{c}_encoded"] = fm.encode(c, lin).numpy()
+    arrays["rerender"] = dec.rerender[i].detach().float().cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# -- the run -----------------------------------------------------------------------------
+def run_benchmark(settings: RunSettings) -> Path:
+    device = resolve_device(settings.device)
+    dataset = create_dataset_for_run(settings.dataset, settings.resolution, settings.seed)
+    method = create_method(settings.method, **settings.overrides)
+    method.to(device)
+    metric_names = DEFAULT_METRICS if settings.metrics is None else settings.metrics
+    metrics = [create_metric(m) for m in metric_names]
+    components = tuple(dataset.components)
+    n_total = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
+    if settings.batch_size < 1:
+        raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
+
+    run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "method": settings.method, "method_config": method.describe()["config"],
+        "dataset": settings.dataset, "resolution": settings.resolution, "seed": settings.seed,
+        "metrics": list(metric_names),
+    }
+    id_path = run_dir / "run.json"
+    if id_path.exists():
+        previous = json.loads(id_path.read_text())
+        if json.loads(json.dumps(previous, default=str)) != json.loads(json.dumps(identity, default=str)):
+            diff = [k for k in identity if json.dumps(previous.get(k), default=str) != json.dumps(identity[k], default=str)]
+            raise JoinbenchError(
+                f"{run_dir} holds a different run (differs in {', '.join(diff)}); use a new --out folder or delete it."
+            )
+    else:
+        write_json(id_path, identity)
+
+    rec_path = run_dir / "records.jsonl"
+    old = read_records(rec_path)
+    done = _finished_ids(old)
+    kept = [r for r in old if r["id"] in done]
+    if len(kept) != len(old) or (rec_path.exists() and old == [] and rec_path.stat().st_size):
+        write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    todo = n_total - len([i for i in done])
+    if done:
+        print(f"resuming {run_dir}: {len(done)} images already scored, {max(todo, 0)} to go")
+
+    grid_ids = [dataset[i].id for i in range(min(settings.grid_images, n_total))]
+    grid_dir = run_dir / ".grid"
+    pred_dir = run_dir / "predictions"
+    times, stage_times = [], {}
+    t_start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = tqdm(total=max(todo, 0), unit="img", desc=f"{settings.method} on {settings.dataset}",
+               disable=not settings.progress, dynamic_ncols=True)
+    for batch in dataset.batches(settings.batch_size, limit=n_total, skip=done):
+        batch = batch.to(device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode(mode=not getattr(method, "needs_grad", False)):
+            dec = _decompose(method, batch)
+        synchronize(device)
+        seconds = time.perf_counter() - t0
+        if not dec.errors:
+            dec.errors = [None] * len(batch)
+        times.append((len(batch), seconds))
+        for k, v in dec.timings.items():
+            stage_times[k] = stage_times.get(k, 0.0) + float(v)
+        with torch.inference_mode():
+            records = score_batch(batch, dec, dataset.forward_model, metrics, seconds, components) if metrics else [
+                {"id": sid, "component": c, "error": dec.errors[i], "seconds": seconds / len(batch), "metrics": {}}
+                for i, sid in enumerate(batch.ids) for c in (*components, IMAGE_ROW)
+            ]
+        for i, sid in enumerate(batch.ids):
+            if settings.save_predictions:
+                _save_prediction(pred_dir / f"{sid}.npz", dec, i, dataset.forward_model)
+            if sid in grid_ids:
+                _save_prediction(grid_dir / f"{sid}.npz", dec, i, dataset.forward_model)
+        _append_records(rec_path, records)
+        bar.update(len(batch))
+    bar.close()
+    wall = time.perf_counter() - t_start
+
+    records = read_records(rec_path)
+    summary = _summary(settings, method, dataset, device, records, times, stage_times, wall, n_total, metrics)
+    write_json(run_dir / "summary.json", summary)
+    table = run_table_markdown(summary)
+    write_atomic(run_dir / "table.md", table)
+    _write_grid(run_dir, dataset, grid_ids, components)
+    return run_dir
+
+
+def _decompose(method, batch: Batch) -> Decomposition:
+    if hasattr(method, "decompose_batch"):
+        return method.decompose_batch(batch)
+    return method.decompose(batch.image)
+
+
+def _summary(settings, method, dataset, device, records, times, stage_times, wall, n_total, metrics) -> dict[str, Any]:
+    n_img = sum(n for n, _ in times)
+    per_image = [s / n for n, s in times for _ in range(n)]
+    errors = sorted({r["id"] for r in records if r.get("error") and r["error"] != "missing prediction"})
+    return {
+        "run": {
+            "method": settings.method, "method_config": method.describe()["config"],
+            "overrides": settings.overrides, "dataset": settings.dataset, "dataset_info": dataset.info(),
+            "resolution": settings.resolution, "seed": settings.seed, "limit": settings.limit,
+            "images": n_total, "batch_size": settings.batch_size,
+            "forward_model": dataset.forward_model.name, "forward_model_description": dataset.forward_model.describe(),
+            "colour_space": dataset.colour_space,
+            "metrics": {m.name: {"higher_is_better": m.higher_is_better, "space": m.space} for m in metrics},
+        },
+        "environment": {
+            "device": str(device), "device_name": device_name(device), "versions": versions(),
+            "commit": git_commit(), "command": os.environ.get("JOINBENCH_COMMAND", ""),
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "timing": {
+            "wall_seconds_this_invocation": wall, "images_this_invocation": n_img,
+            "seconds_per_image_mean": float(np.mean(per_image)) if per_image else None,
+            "images_per_second": (n_img / sum(s for _, s in times)) if times and sum(s for _, s in times) > 0 else None,
+            "stage_seconds_this_invocation": stage_times,
+            "peak_memory_mb": peak_memory_mb(device),
+        },
+        "failed_images": errors,
+        "results": summarise_records(records),
+    }
+
+
+def _write_grid(run_dir: Path, dataset, grid_ids: list[str], components: tuple[str, ...]) -> None:
+    fm = dataset.forward_model
+    rows = []
+    for i, sid in enumerate(grid_ids):
+        path = run_dir / ".grid" / f"{sid}.npz"
+        if not path.exists():
+            continue
+        pred = np.load(path)
+        sample = dataset[i]
+        row = [sample.image]
+        if components:
+            row += [None if sample.component(c) is None else fm.encode(c, sample.component(c)) for c in COMPONENTS]
+        row += [torch.from_numpy(pred[f"{c}_encoded"]) for c in COMPONENTS]
+        row.append(torch.from_numpy(pred["rerender"]))
+        rows.append(row)
+    if not rows:
+        return
+    labels = ["input"] + (["gt alb", "gt shd", "gt spec"] if components else []) + ["alb", "shd", "spec", "rerender"]
+    save_image_atomic(grid_image(rows, labels), run_dir / "grid.png")

@@ -1,0 +1,138 @@
+"""Summary statistics and tables: per-image records -> means with bootstrap intervals,
+one run's table, and multi-run comparison tables (Markdown, LaTeX, CSV, HTML)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COMPONENT_ORDER = ("albedo", "shading", "specular", "image")
+BOOTSTRAP_SAMPLES = 2000
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, so tables are reproducible)."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    if len(values) == 1:
+        return (float(values[0]), float(values[0]))
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(BOOTSTRAP_SAMPLES, len(values)), replace=True).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Long format: one row per (id, component, metric, value); errors dropped."""
+    rows = [
+        {"id": r["id"], "component": r["component"], "metric": k, "value": v}
+        for r in records if not r.get("error")
+        for k, v in r.get("metrics", {}).items()
+    ]
+    return pd.DataFrame(rows, columns=["id", "component", "metric", "value"])
+
+
+def summarise_records(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{component: {metric: {mean, ci_low, ci_high, n}}}, deduplicated by image id."""
+    df = records_frame(records).drop_duplicates(subset=["id", "component", "metric"], keep="last")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (comp, metric), group in df.groupby(["component", "metric"], sort=False):
+        vals = group["value"].astype(float).to_numpy()
+        finite = vals[np.isfinite(vals)]
+        lo, hi = bootstrap_ci(finite)
+        out.setdefault(comp, {})[metric] = {
+            "mean": float(finite.mean()) if len(finite) else math.nan,
+            "ci_low": lo, "ci_high": hi, "n": int(len(finite)),
+        }
+    return {c: out[c] for c in sorted(out, key=lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else 99)}
+
+
+def fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "–" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 0.01:
+        return f"{x:.4f}"
+    return f"{x:.2e}"
+
+
+def arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def run_table_markdown(summary: dict[str, Any]) -> str:
+    """One run: rows = components, columns = metrics, 'mean [95% CI]'."""
+    from tabulate import tabulate
+
+    run = summary["run"]
+    metrics = run["metrics"]
+    results = summary["results"]
+    headers = ["component"] + [f"{m} {arrow(info['higher_is_better'])}" for m, info in metrics.items()]
+    rows = []
+    for comp, vals in results.items():
+        row = [comp]
+        for m in metrics:
+            v = vals.get(m)
+            row.append("" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
+        rows.append(row)
+    n = max((v["n"] for c in results.values() for v in c.values()), default=0)
+    head = (
+        f"# {run['method']} on {run['dataset']}\n\n"
+        f"{n} images at {run['resolution']} px, forward model `{run['forward_model']}`, seed {run['seed']}, "
+        f"device {summary['environment']['device_name']}, commit {summary['environment']['commit']}.\n"
+        f"Mean over images with a 95% bootstrap interval; ↑ higher is better, ↓ lower is better. "
+        f"Encoded-space metrics (mse, psnr, ssim, lpips) compare display-space components as the JoIN "
+        f"authors do; si-mse, si-lmse, lmse and dssim compare linear components. The `image` row compares "
+        f"the method's re-render with the input.\n\n"
+    )
+    if summary.get("failed_images"):
+        head += f"Failed images ({len(summary['failed_images'])}): {', '.join(summary['failed_images'][:10])}\n\n"
+    return head + tabulate(rows, headers=headers, tablefmt="github") + "\n"
+
+
+def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """Rows = runs (method label), columns = (component, metric) means; plus direction per metric."""
+    rows, directions = {}, {}
+    for s in summaries:
+        run = s["run"]
+        label = run["method"]
+        if run.get("overrides"):
+            label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(run["overrides"].items())) + ")"
+        base, k = label, 2
+        while label in rows:
+            label, k = f"{base} #{k}", k + 1
+        row = {}
+        for comp, vals in s["results"].items():
+            for metric, v in vals.items():
+                row[(comp, metric)] = v["mean"]
+                row[(comp, metric, "ci")] = (v["ci_low"], v["ci_high"])
+        rows[label] = row
+        for metric, info in run["metrics"].items():
+            directions[metric] = info["higher_is_better"]
+    cols = sorted({c for r in rows.values() for c in r if len(c) == 2},
+                  key=lambda c: (COMPONENT_ORDER.index(c[0]) if c[0] in COMPONENT_ORDER else 99, c[1]))
+    frame = pd.DataFrame({label: {c: r.get(c, math.nan) for c in cols} for label, r in rows.items()}).T
+    frame = frame[cols] if cols else frame
+    frame.columns = pd.MultiIndex.from_tuples(cols, names=["component", "metric"]) if cols else frame.columns
+    return frame, directions
+
+
+def best_mask(frame: pd.DataFrame, directions: dict[str, bool]) -> pd.DataFrame:
+    """True where a cell is the best of its column (ties all marked), given each metric's direction."""
+    best = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    if len(frame) < 2:
+        return best
+    for col in frame.columns:
+        vals = frame[col].astype(float)
+        if vals.notna().sum() == 0:
+            continue
+        target = vals.max() if directions.get(col[1], False) else vals.min()
+        best[col] = np.isclose(vals, target, rtol=1e-9, atol=0) & vals.notna()
+    return best

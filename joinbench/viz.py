@@ -1,0 +1,87 @@
+"""Image grids with column labels (previews, run grids, report figures)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+
+def to_uint8(img: Tensor) -> np.ndarray:
+    """(3, H, W) or (1, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    img = img.detach().float().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return (img.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
+               cell: int | None = None, pad: int = 2) -> Image.Image:
+    """A grid of images: ``rows[i][j]`` is a (C, H, W) tensor in [0, 1] or None (left grey).
+
+    Cells are resized (nearest) to ``cell`` px so small test images stay visible; the
+    optional header row holds ``labels``.
+    """
+    first = next(t for r in rows for t in r if t is not None)
+    size = cell or max(64, first.shape[-1])
+    ncol = max(len(r) for r in rows)
+    header = 14 if labels else 0
+    width = ncol * (size + pad) + pad
+    height = header + len(rows) * (size + pad) + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    if labels:
+        for j, label in enumerate(labels):
+            x = pad + j * (size + pad)
+            draw.text((x + 2, 1), label[: max(4, size // 6)], fill=(0, 0, 0), font=font)
+    for i, row in enumerate(rows):
+        for j, t in enumerate(row):
+            x, y = pad + j * (size + pad), header + pad + i * (size + pad)
+            if t is None:
+                draw.rectangle([x, y, x + size - 1, y + size - 1], fill=(200, 200, 200))
+                continue
+            tile = Image.fromarray(to_uint8(t))
+            if tile.size != (size, size):
+                tile = tile.resize((size, size), Image.NEAREST)
+            canvas.paste(tile, (x, y))
+    return canvas
+
+
+def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def dataset_rows(dataset, n: int) -> tuple[list[list[Tensor | None]], list[str]]:
+    """Rows image | albedo | shading | specular (encoded display space) for a preview."""
+    fm = dataset.forward_model
+    rows = []
+    for i in range(min(n, len(dataset))):
+        s = dataset[i]
+        row: list[Tensor | None] = [s.image]
+        for c in ("albedo", "shading", "specular"):
+            gt = s.component(c)
+            row.append(None if gt is None else fm.encode(c, gt))
+        if s.mask is not None:
+            row.append(s.mask.float())
+        rows.append(row)
+    labels = ["image", "albedo", "shading", "specular"]
+    if any(len(r) > 4 for r in rows):
+        labels.append("mask")
+    return rows, labels
+
+

@@ -1,0 +1,169 @@
+"""The runner end to end on tiny splits: outputs, resume, predictions round trip, reports."""
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from joinbench.errors import JoinbenchError
+from joinbench.registry import METHODS
+from joinbench.report import render_report
+from joinbench.runner import RunSettings, read_records, run_benchmark
+
+FAST = ("mse", "psnr", "ssim", "si-mse", "si-lmse", "lmse", "dssim")
+
+
+def _run(tmp_path, name, **kw):
+    kw.setdefault("metrics", FAST)
+    kw.setdefault("progress", False)
+    kw.setdefault("resolution", 16)
+    kw.setdefault("limit", 4)
+    kw.setdefault("batch_size", 2)
+    kw.setdefault("device", "cpu")
+    return run_benchmark(RunSettings(out=tmp_path / name, **kw))
+
+
+def test_run_folder_is_complete(tmp_path):
+    d = _run(tmp_path, "a", method="trivial", dataset="materials")
+    for f in ("records.jsonl", "summary.json", "table.md", "grid.png", "run.json"):
+        assert (d / f).is_file(), f
+    recs = read_records(d / "records.jsonl")
+    assert len(recs) == 4 * 4  # albedo, shading, specular, image per image
+    assert {r["component"] for r in recs} == {"albedo", "shading", "specular", "image"}
+    s = json.loads((d / "summary.json").read_text())
+    for key in ("method_config", "dataset", "resolution", "forward_model", "colour_space", "seed"):
+        assert key in s["run"]
+    for key in ("device_name", "versions", "commit"):
+        assert key in s["environment"]
+    assert s["timing"]["peak_memory_mb"] > 0 and s["timing"]["images_per_second"] > 0
+    assert s["results"]["albedo"]["mse"]["n"] == 4
+    assert s["run"]["metrics"]["psnr"]["higher_is_better"] is True
+    table = (d / "table.md").read_text()
+    assert "psnr ↑" in table and "mse ↓" in table and "albedo" in table
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
+    full = _run(tmp_path, "full", method="retinex", dataset="materials", limit=6)
+    entry, _ = METHODS.get("retinex")
+    original = entry.factory.decompose
+    calls = {"n": 0}
+
+    def flaky(self, images):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt()
+        return original(self, images)
+
+    monkeypatch.setattr(entry.factory, "decompose", flaky)
+    with pytest.raises(_Interrupt):
+        _run(tmp_path, "part", method="retinex", dataset="materials", limit=6)
+    part = tmp_path / "part"
+    assert len(read_records(part / "records.jsonl")) == 2 * 4 and not (part / "summary.json").exists()
+    with open(part / "records.jsonl", "a") as f:  # a torn line from a kill mid-write
+        f.write('{"id": "materials-0000')
+    monkeypatch.setattr(entry.factory, "decompose", original)
+    _run(tmp_path, "part", method="retinex", dataset="materials", limit=6)
+    a = json.loads((full / "summary.json").read_text())["results"]
+    b = json.loads((part / "summary.json").read_text())["results"]
+    assert a == b
+    assert len(read_records(part / "records.jsonl")) == 6 * 4
+
+
+def test_other_run_in_same_folder_is_refused(tmp_path):
+    _run(tmp_path, "x", method="trivial", dataset="materials", limit=2)
+    with pytest.raises(JoinbenchError, match="different run"):
+        _run(tmp_path, "x", method="retinex", dataset="materials", limit=2)
+
+
+def test_predictions_round_trip_scores_zero_error(tmp_path):
+    from joinbench.export import export_dataset
+    from joinbench.runner import create_dataset_for_run
+
+    export_dataset(create_dataset_for_run("materials", 16, 0), tmp_path / "exp", limit=3, progress=False)
+    d = _run(tmp_path, "p", method=f"predictions:{tmp_path / 'exp' / 'linear'}", dataset="materials", limit=3)
+    res = json.loads((d / "summary.json").read_text())["results"]
+    for comp in ("albedo", "shading", "specular"):
+        assert res[comp]["mse"]["mean"] == 0.0
+        assert res[comp]["si-mse"]["mean"] == pytest.approx(0.0, abs=1e-12)
+        assert res[comp]["ssim"]["mean"] == pytest.approx(1.0)
+
+
+def test_score_later_equals_scoring_now(tmp_path):
+    now = _run(tmp_path, "now", method="color-retinex", dataset="materials", limit=3)
+    later = _run(tmp_path, "later", method="color-retinex", dataset="materials", limit=3, metrics=(), save_predictions=True)
+    recs = read_records(later / "records.jsonl")
+    assert recs and all(r["metrics"] == {} for r in recs)
+    scored = _run(tmp_path, "scored", method=f"predictions:{later}", dataset="materials", limit=3)
+    a = json.loads((now / "summary.json").read_text())["results"]
+    b = json.loads((scored / "summary.json").read_text())["results"]
+    for comp in ("albedo", "shading", "specular"):
+        for m in FAST:
+            assert b[comp][m]["mean"] == pytest.approx(a[comp][m]["mean"], rel=1e-5, abs=1e-7), (comp, m)
+
+
+def test_missing_prediction_components_are_reported(tmp_path):
+    from joinbench.export import export_dataset
+    from joinbench.runner import create_dataset_for_run
+
+    exp = tmp_path / "exp"
+    export_dataset(create_dataset_for_run("materials", 16, 0), exp, limit=2, progress=False)
+    for p in (exp / "specular").iterdir():
+        p.unlink()
+    (exp / "specular").rmdir()
+    d = _run(tmp_path, "m", method=f"predictions:{exp}", dataset="materials", limit=2)
+    recs = read_records(d / "records.jsonl")
+    spec = [r for r in recs if r["component"] == "specular"]
+    assert spec and all(r["error"] == "missing prediction" for r in spec)
+    alb = [r for r in recs if r["component"] == "albedo"]
+    assert all(r["error"] is None and r["metrics"]["mse"] < 1e-4 for r in alb)  # 8-bit PNG quantisation
+
+
+def test_dataset_without_ground_truth(tmp_path):
+    d = _run(tmp_path, "real", method="trivial", dataset="real-materials", limit=2)
+    recs = read_records(d / "records.jsonl")
+    assert {r["component"] for r in recs} == {"image"}
+    assert (d / "grid.png").is_file()
+
+
+def test_report_every_format(tmp_path):
+    a = _run(tmp_path, "t", method="trivial", dataset="materials", limit=3)
+    b = _run(tmp_path, "r", method="color-retinex", dataset="materials", limit=3)
+    md = render_report([a, b], "md")
+    assert "trivial" in md and "color-retinex" in md and "**" in md and "albedo mse ↓" in md
+    tex = render_report([a, b], "latex")
+    assert r"\begin{tabular}" in tex and r"\textbf{" in tex and r"\toprule" in tex
+    rows = list(csv.DictReader(io.StringIO(render_report([a, b], "csv"))))
+    assert {r["method"] for r in rows} == {"trivial", "color-retinex"}
+    for comp_metric in {(r["component"], r["metric"]) for r in rows}:
+        group = [r for r in rows if (r["component"], r["metric"]) == comp_metric]
+        assert sum(r["best"] == "True" for r in group) >= 1
+    html = render_report([a, b], "html")
+    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html and "class=best" in html
+    with pytest.raises(JoinbenchError, match="not a finished run folder"):
+        render_report([tmp_path], "md")
+    with pytest.raises(JoinbenchError, match="Unknown report format"):
+        render_report([a], "pdf")
+
+
+def test_cli_run_and_report(tmp_path):
+    cmd = [sys.executable, "-m", "joinbench", "run", "--method", "trivial", "--dataset", "materials",
+           "--limit", "2", "--resolution", "16", "--device", "cpu", "--metrics", "mse,ssim,lpips", "-q",
+           "--out", str(tmp_path / "cli")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "lpips ↓" in res.stdout and "run folder:" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "joinbench", "report", str(tmp_path / "cli"), "--format", "csv",
+                          "--out", str(tmp_path / "r.csv")], capture_output=True, text=True)
+    assert res.returncode == 0 and (tmp_path / "r.csv").read_text().startswith("method,component")
+    bad = subprocess.run([sys.executable, "-m", "joinbench", "run", "--method", "trivail", "--dataset", "materials"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Did you mean 'trivial'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "joinbench", "run", "--method", "retinex", "--dataset", "materials",
+                          "--set", "nonsense=1", "--limit", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Unknown setting 'nonsense'" in bad.stderr
