@@ -172,8 +172,7 @@ def weights_lpips(path: Optional[Path] = typer.Option(None, "--path", help="expl
     """
     from .lpips_weights import provision_all
 
-    for net, p in provision_all(path).items():
-        typer.echo(f"{net}: {p}")
+    provision_all(path)  # prints where each file is
 
 
 def main() -> None:

@@ -53,8 +53,8 @@ KINDS = ("image", "mask")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DOWNSCALE_HINT = (
-    "downscale it first, e.g. `python -c \"from PIL import Image; im = Image.open('IN'); "
-    "im.thumbnail((2048, 2048)); im.save('OUT.png')\"` (joinbench works at 16-512 px anyway)"
+    "downscale it first, e.g. with Pillow: im = Image.open(IN); im.thumbnail((2048, 2048)); im.save(OUT) "
+    "(joinbench evaluates at 16-512 px anyway)"
 )
 
 
@@ -65,11 +65,6 @@ def _short(exc: BaseException) -> str:
 
 
 def _check_size(path: Path, width: int, height: int) -> None:
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(
-            f"{path}: image is {width}x{height} px, too small (each side must be at least {MIN_SIDE} px); "
-            f"use a larger image or remove this file."
-        )
     if max(width, height) > MAX_SIDE:
         raise ImageError(
             f"{path}: image is {width}x{height} px, larger than the {MAX_SIDE} px per side limit; {_DOWNSCALE_HINT}."
@@ -78,6 +73,11 @@ def _check_size(path: Path, width: int, height: int) -> None:
         raise ImageError(
             f"{path}: image is {width}x{height} px ({width * height / 1e6:.1f} MP), larger than the "
             f"{MAX_PIXELS / 1e6:g} MP limit; {_DOWNSCALE_HINT}."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{path}: image is {width}x{height} px, too small (each side must be at least {MIN_SIDE} px); "
+            f"use a larger image or remove this file."
         )
 
 
@@ -95,6 +95,9 @@ def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     _check_file(path)
+    header = _png_header(path)
+    if header is not None:  # refuse huge PNGs from the header, before Pillow's own bomb check
+        _check_size(path, header[0], header[1])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -107,7 +110,7 @@ def _open(path: Path):
             f"WebP: re-save it in one of those or remove it."
         ) from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-        raise ImageError(f"{path}: cannot be read as an image ({_short(exc)}); re-save it as PNG or remove it.") from None
+        raise ImageError(f"{path}: cannot be read as an image, damaged or truncated ({_short(exc)}); re-export it or remove it.") from None
 
 
 def _png_header(path: Path) -> tuple[int, int, int, int, int] | None:
@@ -241,8 +244,10 @@ def _decode(path: Path, img) -> tuple[np.ndarray, np.ndarray | None, int]:
     if mode in ("RGB", "RGBX", "P", "CMYK", "YCbCr", "HSV"):
         return np.asarray(img.convert("RGB") if mode != "RGB" else img, dtype=np.float32) / 255.0, None, 8
     if mode.startswith("I;16"):
-        arr = np.asarray(img).astype(np.float32)
-        return arr / 65535.0, None, 16
+        arr = np.asarray(img)
+        if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+            raise ImageError(f"{path}: signed 16-bit image with negative values; save it as an unsigned 8- or 16-bit PNG.")
+        return arr.astype(np.float32) / 65535.0, None, 16
     if mode == "I":
         arr = np.asarray(img).astype(np.int64)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):

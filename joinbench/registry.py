@@ -97,7 +97,9 @@ class Registry:
 
     def _unknown_message(self, name: str) -> str:
         shown = [self._display_name(e) for e in self._entries.values()]
-        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        head, sep, _ = name.partition(":")
+        query = head if sep else name  # "fodler:/long/path" -> compare "fodler"
+        close = difflib.get_close_matches(query, list(self._entries), n=3, cutoff=0.5)
         close = [self._display_name(self._entries[c]) for c in close]
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return (

@@ -189,9 +189,9 @@ def run_benchmark(settings: RunSettings) -> Path:
     old = read_records(rec_path)
     done = _finished_ids(old)
     kept = [r for r in old if r["id"] in done]
-    if len(kept) != len(old) or (rec_path.exists() and old == [] and rec_path.stat().st_size):
+    if rec_path.exists():  # drop a torn last line and records of half-finished images
         write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    todo = n_total - len([i for i in done])
+    todo = n_total - len(done)
     if done:
         print(f"resuming {run_dir}: {len(done)} images already scored, {max(todo, 0)} to go")
 

@@ -41,12 +41,14 @@ def summarise_records(records: list[dict[str, Any]]) -> dict[str, dict[str, dict
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (comp, metric), group in df.groupby(["component", "metric"], sort=False):
         vals = group["value"].astype(float).to_numpy()
-        finite = vals[np.isfinite(vals)]
-        lo, hi = bootstrap_ci(finite)
-        out.setdefault(comp, {})[metric] = {
-            "mean": float(finite.mean()) if len(finite) else math.nan,
-            "ci_low": lo, "ci_high": hi, "n": int(len(finite)),
-        }
+        vals = vals[~np.isnan(vals)]  # NaN: not scorable (e.g. empty mask); +inf (PSNR of a perfect match) counts
+        if np.isinf(vals).any():
+            mean = float(vals.mean())
+            lo = hi = mean if np.isinf(vals).all() else math.nan
+        else:
+            mean = float(vals.mean()) if len(vals) else math.nan
+            lo, hi = bootstrap_ci(vals)
+        out.setdefault(comp, {})[metric] = {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(vals))}
     return {c: out[c] for c in sorted(out, key=lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else 99)}
 
 

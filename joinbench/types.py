@@ -65,13 +65,20 @@ class Batch:
                 return None
             return torch.stack(values)
 
+        masks = [s.mask for s in samples]
+        if any(m is not None for m in masks):  # a sample without a mask is evaluated everywhere
+            ref = next(m for m in masks if m is not None)
+            masks = [torch.ones_like(ref) if m is None else m for m in masks]
+            mask = torch.stack(masks)
+        else:
+            mask = None
         return cls(
             ids=[s.id for s in samples],
             image=torch.stack([s.image for s in samples]),
             albedo=stack("albedo"),
             shading=stack("shading"),
             specular=stack("specular"),
-            mask=stack("mask"),
+            mask=mask,
             meta=[s.meta for s in samples],
         )
 

@@ -76,3 +76,10 @@ def test_cli_unknown_dataset_is_one_line():
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "Did you mean 'materials'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_prefix_with_long_path_still_suggests():
+    reg = Registry("dataset")
+    reg.register("folder", lambda path: path, prefix=True)
+    with pytest.raises(UnknownNameError, match="Did you mean 'folder:PATH'"):
+        reg.create("fodler:/home/user/photos/with/a/long/path")

@@ -167,3 +167,19 @@ def test_cli_run_and_report(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "joinbench", "run", "--method", "retinex", "--dataset", "materials",
                           "--set", "nonsense=1", "--limit", "1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Unknown setting 'nonsense'" in bad.stderr
+
+
+def test_summary_statistics():
+    from joinbench.tables import bootstrap_ci, summarise_records
+
+    recs = [{"id": f"i{k}", "component": "albedo", "error": None,
+             "metrics": {"mse": v, "psnr": float("inf")}} for k, v in enumerate([0.1, 0.2, 0.3, float("nan")])]
+    recs.append({"id": "bad", "component": "albedo", "error": "NaN loss", "metrics": {"mse": 99.0}})
+    s = summarise_records(recs)["albedo"]
+    assert s["mse"]["n"] == 3 and s["mse"]["mean"] == pytest.approx(0.2)
+    assert s["mse"]["ci_low"] < 0.2 < s["mse"]["ci_high"]
+    assert s["psnr"]["mean"] == float("inf")
+    import numpy as np
+
+    lo, hi = bootstrap_ci(np.array([1.0, 1.0, 1.0]))
+    assert lo == hi == 1.0

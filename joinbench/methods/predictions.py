@@ -39,9 +39,11 @@ class PredictionsMethod(Method):
         root = Path(self.config.path).expanduser()
         if not root.is_dir():
             raise JoinbenchError(f"Predictions folder {root} does not exist; pass --method predictions:DIR with a folder of <id>.npz or albedo/<id>.png files.")
-        for sub in ("predictions", "linear"):
-            if (root / sub).is_dir() and not any(root.glob("*.npz")):
+        has_own = any(root.glob("*.npz")) or any((root / c).is_dir() for c in COMPONENTS)
+        for sub in ("predictions", "linear"):  # a run folder, or an export's lossless copies
+            if not has_own and (root / sub).is_dir():
                 root = root / sub
+                break
         self.root = root
         if not any(root.glob("*.npz")) and not any((root / c).is_dir() for c in COMPONENTS):
             raise JoinbenchError(f"{root} holds no predictions: expected <id>.npz files or albedo/, shading/, specular/ subfolders of PNGs.")
