@@ -53,6 +53,7 @@ from .procedural import Rand, kelvin_to_rgb, lattice_values, pixel_grid, sample_
 
 WITHHELD = ("glasses", "beard", "face_paint", "unusual_hair")
 CPU_CHUNK_PIXELS = 1 << 17
+WRAP = 0.25  # wrapped Lambert max(0, (n.l + w) / (1 + w)): skin and hair scatter light past the terminator
 
 
 def _srgb(rows: list[tuple[int, int, int]]) -> Tensor:
@@ -163,7 +164,7 @@ class _Draws:
 
     def __init__(self, seeds: Tensor, key: str, names: str):
         names = names.split()
-        self.u = Rand(seeds).uniform(key, len(names))
+        self.u = Rand(seeds).uniform(key, len(names)).double()
         self.col = {n: i for i, n in enumerate(names)}
 
     def __call__(self, name: str, low: float = 0.0, high: float = 1.0) -> Tensor:
@@ -218,16 +219,18 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     p["smile"] = r("smile", -0.01, 0.04)
     p["brow_ridge"], p["cheek"] = r("brow_ridge", 0.5, 1.5), r("cheek", 0.5, 1.5)
     # skin
-    mel, under = r("melanin"), r("undertone", -1.0, 1.0)
+    mel, under = r("melanin") ** 1.3, r("undertone", -1.0, 1.0)  # ** 1.3: a few more light tones
     f = mel * (SKIN.shape[0] - 1)
     i = f.long().clamp_max(SKIN.shape[0] - 2)
     w = (f - i)[:, None]
     table = SKIN.to(seeds.device)
-    p["skin"] = (table[i] * (1 - w) + table[i + 1] * w) * (1 + torch.stack([0.05 * under, 0 * under, -0.08 * under], -1))
+    tint = 1 + torch.stack([0.05 * under, 0 * under, -0.08 * under], -1)  # warm / cool undertone
+    p["skin"] = (table[i] * (1 - w) + table[i + 1] * w) * tint
     p["blotch"], p["flush"] = r("blotch", 0.05, 0.35), r("flush", 0.0, 0.35)
     p["freckles"] = (r("freckled") < 0.6 - mel).float() * r("freckles", 0.4, 1.0)
     p["oil"], p["skin_gloss"] = r("oil", 0.04, 0.12), r("skin_gloss", 12.0, 40.0)
-    p["lip_tint"] = r("lip_tint", 0.6, 1.0)
+    lip = torch.tensor([0.9, 0.5, 0.52], device=seeds.device)
+    p["lip_col"] = p["skin"] ** 1.08 * lip * r("lip_tint", 0.6, 1.0)[:, None]
     # hair: a style preset, jittered
     lut = HAIR_STYLES.to(seeds.device)[r.index("style", HAIR_STYLES.shape[0])]
     p["hairline"] = lut[:, 0] + r("hl_j", -0.06, 0.06)
@@ -242,7 +245,8 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     p["hair_ks"] = r("hair_ks", 0.015, 0.05)
     # wall and shirt
     p["wall"] = srgb_decode(_hsv(r("wall_h"), r("wall_s", 0.05, 0.6), r("wall_v", 0.35, 0.95)))
-    p["wall_gx"], p["wall_gy"], p["wall_tex"] = r("wall_gx", -0.6, 0.6), r("wall_gy", -0.6, 0.6), r("wall_tex", 0.0, 0.5)
+    p["wall_gx"], p["wall_gy"] = r("wall_gx", -0.6, 0.6), r("wall_gy", -0.6, 0.6)
+    p["wall_tex"] = r("wall_tex", 0.0, 0.5)
     p["shirt"] = srgb_decode(_hsv(r("shirt_h"), r("shirt_s", 0.0, 0.8), r("shirt_v", 0.1, 0.9)))
     p["collar"] = r("collar", 0.0, 0.12)
     # light: mostly frontal and from above, warm to cool; exposure follows the skin
@@ -250,19 +254,23 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     p["light_col"] = kelvin_to_rgb(r("kelvin", 3300.0, 7500.0))
     p["amb_col"] = kelvin_to_rgb(r("amb_kelvin", 4500.0, 10000.0))
     p["amb"] = r("amb", 0.12, 0.35)
-    lum = p["skin"] @ torch.tensor([0.2126, 0.7152, 0.0722], device=seeds.device)
+    lum = 0.2126 * p["skin"][:, 0] + 0.7152 * p["skin"][:, 1] + 0.0722 * p["skin"][:, 2]
     p["exposure"] = (0.32 / lum).clamp(0.9, 20.0) ** 0.7 * r("exposure", 0.6, 0.9)
     for name in WITHHELD:
         p[name] = torch.zeros_like(mel)
     if shift:
         _shift_params(seeds, p)
-    return p
+    # Parameters are computed in float64 and rounded: float32 transcendentals on (B,)
+    # tensors differ in the last bit between vectorised and scalar code paths, which
+    # depend on the batch size; rounded float64 results do not.
+    p["lights"] = [(dl.float(), rad.float()) for dl, rad in p.get("lights", [])]
+    return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in p.items()}
 
 
 def _shift_params(seeds: Tensor, p: dict[str, Tensor]) -> None:
     """Withheld attributes (at least one per face) and the multi-light rig of the shift split."""
     r = _Draws(seeds, "faces/shift", _SHIFT_DRAWS)
-    flags = torch.stack([r(n) < q for n, q in zip(WITHHELD, (0.45, 0.45, 0.3, 0.35))], -1)
+    flags = torch.stack([r(n) < q for n, q in zip(WITHHELD, (0.45, 0.45, 0.3, 0.35), strict=True)], -1)
     forced = F.one_hot(r.index("forced", len(WITHHELD)), len(WITHHELD)).bool()
     flags = torch.where(flags.any(-1, keepdim=True), flags, forced)
     for i, name in enumerate(WITHHELD):
@@ -282,10 +290,15 @@ def _shift_params(seeds: Tensor, p: dict[str, Tensor]) -> None:
     p["lights"] = lights
 
 
+def _slice(p: dict[str, Tensor], s: slice) -> dict[str, Tensor]:
+    """The parameters of samples ``s`` of a batch."""
+    return {k: [(d[s], r[s]) for d, r in v] if k == "lights" else v[s] for k, v in p.items()}
+
+
 def _lights(p: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
     """(camera-frame direction (B, 3), radiance (B, 3)) of every light."""
     e = p["exposure"][:, None]
-    if "lights" in p:
+    if p["lights"]:
         return [(d, rad * e) for d, rad in p["lights"]]
     return [(p["light_dir"], 0.95 * p["light_col"] * e)]
 
@@ -309,6 +322,26 @@ class _Canvas:
             if not isinstance(v, Tensor):
                 v = torch.tensor(float(v), device=dst.device)
             dst.lerp_(v, alpha.unsqueeze(1) if dst.dim() == 4 else alpha)
+
+    def over_window(self, idx: Tensor, alpha: Tensor, **values: Tensor | float) -> None:
+        """``over`` on a window of pixels given by flat indices ``idx`` (B, n); the values
+        are shaped like the window."""
+        a = alpha.reshape(idx.shape)
+        for k, v in values.items():
+            dst = self.ch[k]
+            flat = dst.view(*dst.shape[:-2], -1)
+            i = idx if dst.dim() == 3 else idx[:, None].expand(-1, dst.shape[1], -1)
+            win = flat.gather(-1, i)
+            if isinstance(v, Tensor):
+                v = v.reshape(*v.shape[:-2], -1) if v.dim() >= 3 else v.view(-1, *[1] * (win.dim() - 1))
+            else:
+                v = torch.tensor(float(v), device=dst.device)
+            flat.scatter_(-1, i, win.lerp_(v, a if dst.dim() == 3 else a[:, None]))
+
+    @staticmethod
+    def gather(field: Tensor, idx: Tensor) -> Tensor:
+        """Values of a (B, H, W) field at flat pixel indices (B, n)."""
+        return field.reshape(field.shape[0], -1).gather(-1, idx)
 
     def __getitem__(self, k: str) -> Tensor:
         return self.ch[k]
@@ -381,16 +414,17 @@ class FacesDataset(ProceduralDataset):
 
     def render(self, seeds: Tensor, resolution: int, device: torch.device | str) -> dict[str, Tensor]:
         seeds = seeds.to(device=device, dtype=torch.int64)
+        p = face_params(seeds, self.shift)
         if seeds.device.type != "cpu":
-            return self._render(seeds, resolution)
+            return self._render(seeds, p, resolution)
         # On the CPU, render in chunks of ~128k pixels: the many temporaries then stay in
         # cache and below malloc's mmap threshold (7x faster here); samples are independent.
         step = max(1, CPU_CHUNK_PIXELS // resolution ** 2)
-        parts = [self._render(seeds[i:i + step], resolution) for i in range(0, seeds.shape[0], step)]
+        parts = [self._render(seeds[i:i + step], _slice(p, slice(i, i + step)), resolution)
+                 for i in range(0, seeds.shape[0], step)]
         return parts[0] if len(parts) == 1 else {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
 
-    def _render(self, seeds: Tensor, resolution: int) -> dict[str, Tensor]:
-        p = face_params(seeds, self.shift)
+    def _render(self, seeds: Tensor, p: dict[str, Tensor], resolution: int) -> dict[str, Tensor]:
         out = _render(seeds, p, resolution, self.shift)
         if self.shift:
             from .shift import apply_camera_shift  # a sibling module, only needed here
@@ -402,23 +436,63 @@ class FacesDataset(ProceduralDataset):
 
 # -- rendering --------------------------------------------------------------------------
 
-def _noise(seeds: Tensor, uh: Tensor, vh: Tensor, xs: Tensor, ys: Tensor, res: int):
-    """The few noise fields (grid_sample dominates the cost, so they are shared).
-
-    Returns skin (B, 3, H, W): blotch, flush modulation, freckles (head coordinates uh, vh);
-    strands (B, H, W), fine across and coarse along the hair (coordinates xs, ys); and the
-    wall texture (B, H, W), an image-space field upsampled at pixel centres (resolution
-    independent, like every field here).
-    """
+def _skin_noise(seeds: Tensor, uh: Tensor, vh: Tensor) -> Tensor:
+    """Blotch, flush modulation and freckle noise (B, 3, H, W) at head coordinates uh, vh:
+    one bilinear grid_sample of a stack of a smooth (bicubically refined) and a fine lattice."""
     n = 33
     lo = F.interpolate(lattice_values(seeds, "faces/skin_lo", 6, 2), size=(n, n), mode="bicubic", align_corners=True)
-    skin = torch.cat([lo, lattice_values(seeds, "faces/skin_hi", n - 1, 1)], 1)
-    skin = sample_at(skin, uh, vh, mode="bilinear")
+    return sample_at(torch.cat([lo, lattice_values(seeds, "faces/skin_hi", n - 1, 1)], 1), uh, vh, mode="bilinear")
+
+
+def _noise(seeds: Tensor, xs: Tensor, ys: Tensor, res: int):
+    """Hair strands (B, H, W), fine across and coarse along the hair (coordinates xs, ys), and
+    the wall texture (B, H, W): an image-space field upsampled at pixel centres (resolution
+    independent, like every field here). Few lattices and samples: they dominate the cost."""
     strand = lattice_values(seeds, "faces/strand", 31, 1).reshape(-1, 1, 16, 64)  # i.i.d. values: any shape
     strand = sample_at(strand, xs, ys, mode="bilinear")[:, 0]
     wall = F.interpolate(lattice_values(seeds, "faces/wall", 5, 1), size=(24, 24), mode="bicubic", align_corners=True)
     wall = F.interpolate(wall, size=(res, res), mode="bilinear", align_corners=False)[:, 0]
-    return skin, strand, wall
+    return strand, wall
+
+
+def _coords(p: dict[str, Tensor], res: int, oy: Tensor | None = None, ox: Tensor | None = None):
+    """Head-frame coordinates of the pixels (all, or the window at rows oy.., columns ox..,
+    (B, h, 1) and (B, 1, w) integer tensors): q0, the pixel ray's point at camera depth 0,
+    and (Xp, Yp) on a plane behind the head centre (ears, neck, hair curtain)."""
+    R, c = p["R"], _col(p["c"])
+    if oy is None:
+        u, v = pixel_grid(res, R.shape[0], R.device)
+    else:  # the same arithmetic as pixel_grid, so values match the full grid bit for bit
+        u = (ox.to(torch.float32) + 0.5) / res
+        v = (oy.to(torch.float32) + 0.5) / res
+        u, v = torch.broadcast_tensors(u, v)
+    x, y = u - _col(p["cx"]), v - _col(p["cy"])
+    d = R[:, 2, :]
+    q0 = tuple(torch.addcmul(x * _col(R[:, 0, i]), y, _col(R[:, 1, i])) for i in range(3))
+    k = -0.15 * c / _col(d[:, 2])
+    Xp = torch.addcmul(q0[0] + k * _col(d[:, 0]), q0[2], _col(-d[:, 0] / d[:, 2]))
+    Yp = torch.addcmul(q0[1] + k * _col(d[:, 1]), q0[2], _col(-d[:, 1] / d[:, 2]))
+    return q0, Xp, Yp
+
+
+def _head_window(p: dict[str, Tensor], res: int):
+    """A pixel window per sample that holds its head's silhouette (the posed ellipsoid's
+    exact bounding box, plus two pixels): row and column indices (B, h, 1), (B, 1, w) and
+    flat indices (B, h * w). The window size is the batch's largest."""
+    R = p["R"]
+    axes2 = torch.stack([p["a"], p["b"], p["c"]], -1) ** 2
+    half = ((R[:, :2, :] ** 2) * axes2[:, None, :]).sum(-1).sqrt()  # (B, 2): x, y half extents
+    centre = torch.stack([p["cx"], p["cy"]], -1)
+    lo = torch.floor((centre - half) * res - 0.5).long() - 2
+    hi = torch.ceil((centre + half) * res - 0.5).long() + 2
+    # sizes in multiples of 16: every element then takes the same (vectorised) code path
+    # whatever the batch, so a sample is bit-identical in any batch
+    size = ((hi - lo + 16).amax(0) // 16 * 16).clamp(max=res)
+    ox, oy = (torch.minimum(lo[:, i].clamp(min=0), res - size[i]) for i in (0, 1))
+    w, h = int(size[0]), int(size[1])
+    cols = ox[:, None, None] + torch.arange(w, device=R.device)[None, None, :]
+    rows = oy[:, None, None] + torch.arange(h, device=R.device)[None, :, None]
+    return rows, cols, (rows * res + cols).reshape(R.shape[0], -1)
 
 
 def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[str, Tensor]:
@@ -429,27 +503,22 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     a, b, c = _col(p["a"]), _col(p["b"]), _col(p["c"])
     x, y = u - _col(p["cx"]), v - _col(p["cy"])
     d = R[:, 2, :]  # the view ray (camera z) in head coordinates
-    q0 = tuple(torch.addcmul(x * _col(R[:, 0, i]), y, _col(R[:, 1, i])) for i in range(3))
-    # head-frame coordinates on a plane behind the head centre (ears, neck, hair curtain)
-    k = -0.15 * c / _col(d[:, 2])
-    Xp = torch.addcmul(q0[0] + k * _col(d[:, 0]), q0[2], _col(-d[:, 0] / d[:, 2]))
-    Yp = torch.addcmul(q0[1] + k * _col(d[:, 1]), q0[2], _col(-d[:, 1] / d[:, 2]))
-    skin_n, strand, wall_n = _noise(seeds, 0.5 + 0.3 * Xp / a, 0.5 + 0.3 * Yp / a, 0.5 + 1.2 * Xp, 0.5 + 0.28 * Yp, res)
+    q0, Xp, Yp = _coords(p, res)
+    strand, wall_n = _noise(seeds, 0.5 + 1.2 * Xp, 0.5 + 0.28 * Yp, res)
     ones = torch.ones_like(x)
     zeros = torch.zeros_like(x)
 
     # -- wall, with a soft drop shadow of the head ------------------------------------------
-    l = p["light_dir"]
+    ld = p["light_dir"]
     wall = ((x * _col(p["wall_gx"])).addcmul_(y, _col(p["wall_gy"])).add_(1.0)
             .mul_(wall_n.sub(0.5).mul_(1.5 * _col(p["wall_tex"])).add_(1.0)).clamp_(min=0.05))
-    sx = (x + _col(0.25 * l[:, 0] / l[:, 2]) * b).div_(a * 1.05)
-    sy = (y + _col(0.25 * l[:, 1] / l[:, 2]) * b).div_(b * 1.05)
+    sx = (x + _col(0.25 * ld[:, 0] / ld[:, 2]) * b).div_(a * 1.05)
+    sy = (y + _col(0.25 * ld[:, 1] / ld[:, 2]) * b).div_(b * 1.05)
     drop = sx.mul_(sx).addcmul_(sy, sy).sqrt_()
     drop = 1 - 0.6 * _step(1.35, 0.75, drop)
-    Rt = R.transpose(1, 2)
     cv = _Canvas(albedo=_rgb(p["wall"]) * wall.unsqueeze(1), nx=ones * _col(d[:, 0]), ny=ones * _col(d[:, 1]),
                  nz=ones * _col(d[:, 2]), ks=ones * 0.01, gloss=ones * 8.0, ao=ones.clone(), vis=drop,
-                 wrap=zeros.clone(), aniso=zeros.clone(), person=zeros.clone())
+                 aniso=zeros.clone(), person=zeros.clone())
 
     hair_alb = _rgb(p["hair_col"]) * (0.45 + 1.1 * strand).unsqueeze(1)
     has_hair, L = _col(p["has_hair"]), _col(p["hair_len"])
@@ -462,7 +531,7 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     curtain = _cov(torch.minimum(edge, (yb + 1.1) * b), res).mul_(has_hair * (L > 0.8))
     cn = (Xp / wc).clamp_(-1, 1)
     cv.over(curtain, albedo=hair_alb * 0.8, nx=cn * 0.8, ny=1.2 * (strand - 0.5), nz=(1 - cn * cn).sqrt_().add_(0.3),
-            ks=_col(p["hair_ks"]) * ones, gloss=60.0, ao=0.5 + 0.3 * strand, vis=0.8, wrap=0.3, aniso=1.0, person=1.0)
+            ks=_col(p["hair_ks"]) * ones, gloss=60.0, ao=0.5 + 0.3 * strand, vis=0.8, aniso=1.0, person=1.0)
 
     # -- neck and shirt ----------------------------------------------------------------------
     skin = _rgb(p["skin"])
@@ -471,14 +540,13 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     neck = _cov(rn - Xp.abs(), res).mul_(yb > 0)
     cv.over(neck, albedo=skin * 0.92, nx=xn, ny=zeros, nz=(1 - xn * xn).sqrt_().add_(0.05), ks=0.3 * _col(p["oil"]),
             gloss=10.0, ao=0.45 + 0.55 * _step(0.9, 1.4, yb), vis=0.35 + 0.65 * _step(1.0, 1.35, yb),
-            wrap=0.25, aniso=0.0, person=1.0)
+            aniso=0.0, person=1.0)
     top = (_col(p["cy"]) + 1.22 * b).addcmul(x, x, value=0.5)
     top.add_(_col(p["collar"]) * (1 - (x / (1.3 * rn)) ** 2).clamp_(min=0))
     shirt = _cov(v - top, res)
-    sn = (x * 2.0, -0.4 * ones, ones)  # camera frame -> head frame
-    cv.over(shirt, albedo=_rgb(p["shirt"]) * (0.85 + 0.3 * wall_n).unsqueeze(1),
-            **{f"n{ax}": sum(sn[j] * _col(Rt[:, i, j]) for j in range(3)) for i, ax in enumerate("xyz")},
-            ks=0.01, gloss=8.0, ao=0.6 + 0.4 * _step(0.0, 0.06, v - top), vis=1.0, wrap=0.2, aniso=0.0, person=0.0)
+    # the shoulders' normal is set in the head frame too: the pose is a few degrees
+    cv.over(shirt, albedo=_rgb(p["shirt"]) * (0.85 + 0.3 * wall_n).unsqueeze(1), nx=2.0 * x, ny=-0.4, nz=1.0,
+            ks=0.01, gloss=8.0, ao=0.6 + 0.4 * _step(0.0, 0.06, v - top), vis=1.0, aniso=0.0, person=0.0)
 
     # -- ears (behind the head's silhouette; long hair hides them) ----------------------------
     jaw = _col(p["jaw"])
@@ -488,26 +556,34 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     hidden = has_hair * (L > 0.3) * (_col(p["hair_side"]) > 0)
     ear = _cov((1 - er) * (0.13 * a), res).mul_(1 - hidden)
     inner = _step(0.3, 0.65, er)
-    cv.over(ear, albedo=skin * torch.tensor([1.0, 0.88, 0.86], device=dev).view(1, 3, 1, 1) * (0.75 + 0.25 * inner).unsqueeze(1),
+    ear_alb = skin * torch.tensor([1.0, 0.88, 0.86], device=dev).view(1, 3, 1, 1)  # redder than the face
+    cv.over(ear, albedo=ear_alb * (0.75 + 0.25 * inner).unsqueeze(1),
             nx=Xp.sign() * (0.5 + 0.4 * er), ny=0.3 * et, nz=ones, ks=0.3 * _col(p["oil"]), gloss=12.0,
-            ao=0.5 + 0.5 * inner, vis=1.0, wrap=0.3, aniso=0.0, person=1.0)
+            ao=0.5 + 0.5 * inner, vis=1.0, aniso=0.0, person=1.0)
 
     # -- head --------------------------------------------------------------------------------
-    head = _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb)
-    cv.over(head.pop("alpha"), **head, person=1.0)
+    # computed on a window around each head only (half the pixels; a sample's values do
+    # not depend on the window: outside its silhouette the head's coverage is exactly 0)
+    win = _head_window(p, res)
+    q0w, Xpw, Ypw = _coords(p, res, *win[:2])
+    skin_n = _skin_noise(seeds, 0.5 + 0.3 * Xpw / a, 0.5 + 0.3 * Ypw / a)
+    strand_w = cv.gather(strand, win[2]).view_as(Xpw)
+    hair_w = _rgb(p["hair_col"]) * (0.45 + 1.1 * strand_w).unsqueeze(1)
+    head = _head(p, q0w, d, skin, skin_n, strand_w, res, shift, hair_w)
+    cv.over_window(win[2], head.pop("alpha"), **head, person=1.0)
 
     # -- hair shell over the head ------------------------------------------------------------
     vol = _col(p["hair_vol"])
     bh, ch = b * (1 + 0.6 * vol), c * (1 + vol)
     gh, Xh, Yh, Zh = _ellipsoid((q0[0], q0[1] + 0.6 * vol * b, q0[2]), d, 1 / ah ** 2, 1 / bh ** 2, 1 / ch ** 2)
-    sh, th = Xh / a, Yh / b
+    sh, th = Xh / a, Yh / b - 0.6 * vol  # head units, so the hairline matches the forehead's
     jag = 0.08 * (strand - 0.5)
     front = _cov((_col(p["hairline"]) + _col(p["temple"]) * sh * sh + jag - th) * b, res)
     side = _cov((sh.abs() - 1 + _col(p["hair_side"])) * a, res).mul_(_cov((L + jag - th) * b, res))
     hair = _cov(gh * (ah * 0.5), res).mul_(torch.maximum(front, side)).mul_(has_hair)
     cv.over(hair, albedo=hair_alb, nx=Xh / ah ** 2 + (2.0 * (strand - 0.5)) / a,
-            ny=Yh / bh ** 2 + (3.0 * (strand - 0.5)) / a, nz=Zh / ch ** 2, ks=_col(p["hair_ks"]), gloss=70.0,
-            ao=0.55 + 0.45 * strand, vis=0.75 + 0.25 * strand, wrap=0.3, aniso=1.0, person=1.0)
+            ny=Yh / bh ** 2 + (1.5 * (strand - 0.5)) / a, nz=Zh / ch ** 2, ks=_col(p["hair_ks"]), gloss=40.0,
+            ao=0.55 + 0.45 * strand, vis=0.75 + 0.25 * strand, aniso=1.0, person=1.0)
     return _shade(cv, p)
 
 
@@ -533,7 +609,7 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     ny = (Y * ib).addcmul_(zc, ht, value=-1)
     ny.addcmul_(X * X * ia, jaw * 6 * xj * (1 - xj) / (b * w))  # d/dY of the jaw narrowing
     nz = zc
-    kc = lambda *rgb: torch.tensor(rgb, device=dev).view(1, 3, 1, 1)  # noqa: E731
+    kc = lambda *rgb: torch.tensor(rgb, device=dev).view(1, 3, 1, 1)
 
     # skin albedo: tone, blotches, flush, freckles; T-zone oiliness
     blotch, flush_n, fine = skin_n[:, 0], skin_n[:, 1], skin_n[:, 2]
@@ -541,7 +617,8 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     flush.add_(_gauss(s, t, 0.0, _col(p["nose_t"]), 0.1, 0.08), alpha=0.5).mul_(_col(p["flush"]))
     freck = _step(0.68, 0.82, fine).mul_(_gauss(sa, t, 0.25, 0.25, 0.35, 0.2)).mul_(_col(p["freckles"]))
     lum = (blotch - 0.5).mul_(_col(p["blotch"])).add_(1)
-    alb = skin * (lum.unsqueeze(1) + flush.unsqueeze(1) * kc(0.06, -0.18, -0.15) - freck.unsqueeze(1) * kc(0.3, 0.42, 0.5))
+    alb = skin * (lum.unsqueeze(1) + flush.unsqueeze(1) * kc(0.06, -0.18, -0.15)
+                  - freck.unsqueeze(1) * kc(0.3, 0.42, 0.5))
     ks = _gauss(s, t, 0.0, -0.45, 0.3, 0.3).add_(_gauss(s, t, 0.0, 0.2, 0.12, 0.22))
     ks.add_(_gauss(sa, t, 0.45, 0.25, 0.2, 0.15), alpha=0.5).add_(0.5).mul_(0.8 + 0.4 * fine).mul_(_col(p["oil"]))
     gloss = _col(p["skin_gloss"]) * torch.ones_like(s)
@@ -562,7 +639,7 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     y_top = mt - _col(p["lip_up"]) * arc.sqrt() * (1 - 0.3 * _bell(sm, 0.0, 0.12))
     y_bot = mt + 0.06 * _col(p["lip_lo"]) * arc ** 0.6
     lips = _cov(torch.minimum(t - y_top, y_bot - t) * b, res).mul_(_cov((1 - sm.abs()) * mw * a, res))
-    alb.lerp_(skin ** 1.08 * kc(0.9, 0.5, 0.52) * _col(p["lip_tint"]).unsqueeze(1), lips.unsqueeze(1))
+    alb.lerp_(_rgb(p["lip_col"]), lips.unsqueeze(1))
     ks.lerp_(torch.tensor(0.06, device=dev), lips)
     gloss.lerp_(torch.tensor(40.0, device=dev), lips)
     mline = _bell(t, mt - _col(p["smile"]) * sm * sm, 0.014).mul_(_step(1.05, 0.8, sm.abs()))
@@ -608,8 +685,7 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     brow.mul_(_col(p["brow_dens"]) * (0.55 + 0.6 * strand).clamp_(0, 1))
     alb.lerp_(_rgb(p["brow_col"]) * (0.6 + 0.6 * strand).unsqueeze(1), brow.unsqueeze(1))
 
-    wrap, aniso = 0.25 * torch.ones_like(s), torch.zeros_like(s)
-    m = dict(albedo=alb, nx=nx, ny=ny, nz=nz, ks=ks, gloss=gloss, ao=ao, wrap=wrap, aniso=aniso)
+    m = {"albedo": alb, "nx": nx, "ny": ny, "nz": nz, "ks": ks, "gloss": gloss, "ao": ao, "aniso": torch.zeros_like(s)}
     if shift:
         _shift_attributes(p, m, s, t, sgn, fine, strand, hair_alb, opening, lips, res)
     m["ao"] = m["ao"].clamp_(0.05, 1)
@@ -639,7 +715,7 @@ def _shift_attributes(p, m, s, t, sgn, fine, strand, hair_alb, opening, lips, re
     region.add_(_step(0.05, 0.03, (t - mt + 0.07).abs()) * (sa < 1.1 * mw))
     region = region.clamp_(0, 1) * (1 - lips) * _step(1.2, 0.95, t) * _col(p["beard"])
     full = _col(p["full_beard"])
-    amount = region * (full * (0.6 + 0.4 * strand) + (1 - full) * 0.7 * _step(0.55, 0.75, fine))
+    amount = region * (full * (0.6 + 0.4 * strand) + (1 - full) * (0.25 + 0.45 * _step(0.5, 0.7, strand)))
     m["albedo"].lerp_(hair_alb * 0.8, amount.unsqueeze(1))
     m["aniso"].lerp_(one, region * full)
     m["ao"].mul_(1 - 0.3 * region * full * (1 - strand))
@@ -668,10 +744,10 @@ def _shade(cv: _Canvas, p: dict[str, Tensor]) -> dict[str, Tensor]:
     nx, ny, nz = cv["nx"], cv["ny"], cv["nz"]
     inv = (nx * nx).addcmul_(ny, ny).addcmul_(nz, nz).clamp_(min=1e-12).rsqrt_()
     nx, ny, nz = nx.mul_(inv), ny.mul_(inv), nz.mul_(inv)
-    wrap, ks, gloss, vis, ao, aniso = cv["wrap"], cv["ks"], cv["gloss"], cv["vis"], cv["ao"], cv["aniso"]
+    ks, gloss, vis, ao, aniso = cv["ks"], cv["gloss"], cv["vis"], cv["ao"], cv["aniso"]
     norm = (gloss + 8) * (1 / (8 * math.pi))
-    to_head = lambda vec: torch.einsum("bji,bj->bi", R, vec)  # noqa: E731  (R^T vec)
-    dot = lambda vec: (nx * _col(vec[:, 0])).addcmul_(ny, _col(vec[:, 1])).addcmul_(nz, _col(vec[:, 2]))  # noqa: E731
+    to_head = lambda vec: (R * vec[:, :, None]).sum(1)  # R^T vec
+    dot = lambda vec: (nx * _col(vec[:, 0])).addcmul_(ny, _col(vec[:, 1])).addcmul_(nz, _col(vec[:, 2]))
     # hemispherical ambient: more light from above, less in cavities
     up = to_head(torch.tensor([0.0, -1.0, 0.0], device=R.device).expand(R.shape[0], 3))
     amb = dot(up).mul_(0.35).add_(0.75).mul_(ao)
@@ -680,10 +756,10 @@ def _shade(cv: _Canvas, p: dict[str, Tensor]) -> dict[str, Tensor]:
     nyz = (ny * ny).addcmul_(nz, nz).clamp_(min=1e-8).rsqrt_()
     view = to_head(torch.tensor([0.0, 0.0, 1.0], device=R.device).expand(R.shape[0], 3))
     for ld, rad in _lights(p):
-        l = to_head(ld)
-        h = _unit(l + view)
-        ndl = dot(l)
-        diffuse = ((ndl + wrap) / (1 + wrap)).clamp_(min=0).mul_(vis)
+        lh = to_head(ld)
+        h = _unit(lh + view)
+        ndl = dot(lh)
+        diffuse = ((ndl + WRAP) * (1 / (1 + WRAP))).clamp_(min=0).mul_(vis)
         shading.addcmul_(_rgb(rad), diffuse.unsqueeze(1))
         ndh = dot(h).clamp_(0, 1)
         # Kajiya-Kay on hair: the strand tangent runs down the head, T ~ (0, nz, -ny)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from joinbench.datasets.base import TRAIN_SEED_MIN
-from joinbench.datasets.materials import SHIFT_FAMILIES, TRAIN_FAMILIES, MaterialsDataset, normals
+from joinbench.datasets.materials import SHIFT_FAMILIES, TRAIN_FAMILIES, MaterialsDataset
 from joinbench.datasets.procedural import height_to_normals
 from joinbench.datasets.shift import apply_camera_shift, jpeg_compress, jpeg_tables
 from joinbench.registry import create_dataset, list_datasets
@@ -206,7 +206,11 @@ def test_jpeg_matches_pillow():
     assert (lo - img).abs().mean() > (hi - img).abs().mean()
 
 
-def test_fast_normals_equal_height_to_normals():
-    h = torch.rand(2, 1, 16, 16) * 0.05
-    fast = torch.cat(normals(h), 1)
-    torch.testing.assert_close(fast, height_to_normals(h), rtol=1e-5, atol=1e-6)
+def test_height_to_normals():
+    flat = height_to_normals(torch.zeros(1, 1, 8, 8))
+    torch.testing.assert_close(flat[0, :, 4, 4], torch.tensor([0.0, 0.0, 1.0]))
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(1, 1, 16, 16)  # rises to the right
+    n = height_to_normals(ramp * 0.5)
+    torch.testing.assert_close(n.norm(dim=1), torch.ones(1, 16, 16))
+    assert (n[:, 0, 4:-4, 4:-4] < 0).all()  # tilted away from the rise, towards -x
+    torch.testing.assert_close(n[:, 1], torch.zeros(1, 16, 16), atol=1e-6, rtol=0)
