@@ -56,7 +56,9 @@ def test_regular_install_maps_namespaces(tmp_path):
     assert not (target / "datasets").exists() and not (target / "baselines").exists()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import joinbench.datasets, joinbench.baselines, importlib.util;"
+        "import joinbench.datasets, joinbench.baselines, joinbench.cli, importlib.util, pkgutil;"
+        "from joinbench.registry import list_methods, list_datasets; assert list_methods() and list_datasets();"
+        "[__import__(m.name) for m in pkgutil.walk_packages(joinbench.__path__, 'joinbench.') if not m.name.endswith('__main__')];"
         "print(joinbench.datasets.__file__);"
         "print(importlib.util.find_spec('datasets') is None or sys.argv[1] not in importlib.util.find_spec('datasets').origin)"
     )

@@ -1,0 +1,320 @@
+"""Load trained GAN priors (generator + discriminator + sidecar) and their latent statistics.
+
+A prior is three files written by :func:`joinbench.gan.train.export_prior`::
+
+    <dataset>-<component>-G.safetensors    EMA generator, float16
+    <dataset>-<component>-D.safetensors    discriminator, float16
+    <dataset>-<component>.json             sidecar: configs, sha256 of both files, training
+                                           facts, FD-VGG figures
+
+``component`` is albedo, shading, specular, or ``joint`` (one 9-channel generator, channels
+albedo | shading | specular). Shipped priors live in ``joinbench/weights/``; ``path=`` names
+another folder (e.g. a training run's ``--out``) or a sidecar file. Loading verifies both
+hashes and every tensor shape; problems are one-line :class:`PriorError` messages.
+
+Loaded networks are float32, in eval mode, with ``requires_grad`` off (inversion optimises
+latents and noise, not weights; PTI turns gradients back on for the generator it tunes).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import JoinbenchError
+from ..forward import COMPONENTS
+from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from .train import FORMAT, export_stem, sha256_file, to_display
+
+PRIOR_COMPONENTS = (*COMPONENTS, "joint")
+
+
+class PriorError(JoinbenchError):
+    """A GAN prior that is missing, corrupt or does not fit its configuration."""
+
+
+def weights_dir() -> Path:
+    """Where shipped priors live: ``joinbench/weights/`` inside the package."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def latent_cache_dir() -> Path:
+    from ..lpips_weights import joinbench_home
+
+    return joinbench_home() / "gan" / "latents"
+
+
+def _how_to_get(dataset: str, component: str) -> str:
+    return (f"train it with `joinbench train prior --dataset {dataset} --component {component}` and pass its "
+            f"--out folder as path= (or copy the exported files into {weights_dir()})")
+
+
+def sidecar_path(dataset: str, component: str, path: str | Path | None = None) -> Path:
+    """The sidecar of ``dataset``/``component`` in ``path`` (a folder or a .json file) or the shipped weights."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.suffix == ".json":
+            return p
+        return p / f"{export_stem(dataset, component)}.json"
+    return weights_dir() / f"{export_stem(dataset, component)}.json"
+
+
+def read_sidecar(path: Path, dataset: str, component: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise PriorError(f"No {dataset} {component} GAN prior: {path} does not exist; {_how_to_get(dataset, component)}.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PriorError(f"{path}: unreadable sidecar ({type(exc).__name__}: {exc}); re-export the prior.") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PriorError(f"{path} is not a joinbench GAN prior sidecar (format {FORMAT!r} expected).")
+    for key in ("generator", "discriminator", "files", "sha256"):
+        if key not in data:
+            raise PriorError(f"{path}: sidecar lacks {key!r}; re-export the prior.")
+    return data
+
+
+def _load_checked(module: torch.nn.Module, file: Path, expected_sha: str | None, sidecar: Path,
+                  dataset: str, component: str) -> None:
+    """Hash check, then key and shape checks, then load (upcast to float32)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise PriorError(f"No {dataset} {component} GAN prior: {file} (named in {sidecar}) does not exist; "
+                         f"{_how_to_get(dataset, component)}.")
+    found = sha256_file(file)
+    if expected_sha != found:
+        raise PriorError(f"{file}: sha256 {found} does not match {expected_sha} recorded in {sidecar.name}; "
+                         "the file is corrupt or belongs to another export: re-export or re-download it.")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PriorError(f"{file}: unreadable safetensors file ({exc}).") from None
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise PriorError(f"{file}: tensors do not fit the config in {sidecar.name} ({what}{' ...' if len(missing or extra) > 3 else ''}).")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise PriorError(f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)} "
+                             f"from the config in {sidecar.name}.")
+    module.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+
+
+@dataclass
+class Prior:
+    """One loaded prior: generator (float32, eval), discriminator, configs, sidecar."""
+
+    dataset: str
+    component: str
+    G: Generator
+    D: Discriminator
+    g_config: GeneratorConfig
+    d_config: DiscriminatorConfig
+    sidecar: dict[str, Any]
+    sidecar_path: Path
+    device: torch.device
+    _means: dict[tuple, Tensor] = field(default_factory=dict, repr=False)
+    latent_bank_source: str | None = field(default=None, repr=False)  # "cache" | "computed", last call
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def channels(self) -> list[str]:
+        """Components in the output's channel groups (joint: albedo, shading, specular)."""
+        return list(COMPONENTS) if self.component == "joint" else [self.component]
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the generator's safetensors file (keys latent caches)."""
+        return self.sidecar["sha256"]["G"]
+
+    num_ws = property(lambda self: self.G.num_ws)
+    w_dim = property(lambda self: self.G.w_dim)
+    z_dim = property(lambda self: self.G.z_dim)
+    resolution = property(lambda self: self.G.resolution)
+
+    # -- networks -------------------------------------------------------------------------
+    def mapping(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        return self.G.mapping(z.to(self.device), truncation_psi)
+
+    def synthesis(self, ws: Tensor, noise: Sequence[Tensor | None] | None = None, noise_mode: str = "random") -> Tensor:
+        """ws (B, w_dim) for W or (B, num_ws, w_dim) for W+ -> image about [-1, 1]."""
+        return self.G.synthesis(ws, noise=noise, noise_mode=noise_mode)
+
+    def to_encoded(self, img: Tensor) -> Tensor:
+        """Generator output -> encoded component space [0, 1] (clipped)."""
+        return img.add(1.0).mul(0.5).clamp(0.0, 1.0)
+
+    def split(self, img: Tensor) -> dict[str, Tensor]:
+        """(B, 3k, H, W) -> {component: (B, 3, H, W)}."""
+        return dict(zip(self.channels, img.split(3, dim=1)))
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = "const",
+               batch: int = 64) -> Tensor:
+        """``n`` samples in encoded space [0, 1] (z from a CPU generator seeded ``seed``)."""
+        z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        out = [to_display(self.G(z[i:i + batch].to(self.device), truncation_psi, noise_mode=noise_mode))
+               for i in range(0, n, batch)]
+        return torch.cat(out)
+
+    def noise_shapes(self) -> list[tuple[int, int, int, int]]:
+        return self.G.noise_shapes()
+
+    def noise_buffers(self) -> list[Tensor]:
+        return self.G.noise_buffers()
+
+    def make_noise(self, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Fresh N(0, 1) noise maps (batch, 1, r, r) on the prior's device (drawn on ``generator``'s device)."""
+        dev = generator.device if generator is not None else self.device
+        return [n.to(self.device) for n in self.G.make_noise(batch, generator=generator, device=dev)]
+
+    # -- latent statistics ----------------------------------------------------------------
+    def mean_latent(self, n: int = 10_000, seed: int = 0, truncation_psi: float = 1.0) -> Tensor:
+        """Mean of ``n`` mapped samples, (1, w_dim), cached in memory."""
+        key = (int(n), int(seed), float(truncation_psi))
+        if key not in self._means:
+            self._means[key] = self.G.mean_latent(n, seed, truncation_psi)
+        return self._means[key].clone()
+
+    def latent_bank_path(self, n: int, truncation_psi: float, seed: int) -> Path:
+        return latent_cache_dir() / f"{self.sha256}-n{int(n)}-psi{float(truncation_psi)!r}-seed{int(seed)}.safetensors"
+
+    @torch.no_grad()
+    def latent_bank(self, n: int = 100_000, truncation_psi: float = 0.7, seed: int = 123, chunk: int = 8192) -> Tensor:
+        """``n`` mapped samples (n, w_dim) at truncation ``psi`` (z from a CPU generator seeded ``seed``).
+
+        Cached on disk under ``$JOINBENCH_HOME/gan/latents/`` keyed by the generator file's
+        sha256, n, psi and seed, so a kNN bank is computed once per prior."""
+        from safetensors.torch import load_file, save
+
+        from ..env import write_atomic
+
+        path = self.latent_bank_path(n, truncation_psi, seed)
+        if path.is_file():
+            try:
+                bank = load_file(str(path))["w"]
+                if tuple(bank.shape) == (n, self.w_dim):
+                    self.latent_bank_source = "cache"
+                    return bank.to(self.device)
+            except Exception:  # noqa: BLE001 - a broken cache file is recomputed
+                pass
+        gen = torch.Generator().manual_seed(int(seed))
+        parts = []
+        for i in range(0, n, chunk):
+            z = torch.randn(min(chunk, n - i), self.z_dim, generator=gen)
+            parts.append(self.G.mapping(z.to(self.device), truncation_psi).float().cpu())
+        bank = torch.cat(parts).contiguous()
+        meta = {"sha256": self.sha256, "n": str(n), "psi": repr(float(truncation_psi)), "seed": str(seed),
+                "dataset": self.dataset, "component": self.component}
+        write_atomic(path, save({"w": bank}, metadata=meta))
+        self.latent_bank_source = "computed"
+        return bank.to(self.device)
+
+
+def load_prior(dataset: str, component: str, device: str | torch.device = "cpu",
+               path: str | Path | None = None) -> Prior:
+    """Load the ``dataset``/``component`` prior (component: albedo | shading | specular | joint)."""
+    from ..env import resolve_device
+
+    if component not in PRIOR_COMPONENTS:
+        raise PriorError(f"Unknown prior component {component!r}; use one of {', '.join(PRIOR_COMPONENTS)}.")
+    dev = resolve_device(device)
+    sc_path = sidecar_path(dataset, component, path)
+    sc = read_sidecar(sc_path, dataset, component)
+    try:
+        g_cfg = GeneratorConfig.from_dict(sc["generator"])
+        d_cfg = DiscriminatorConfig.from_dict(sc["discriminator"])
+    except (TypeError, ValueError) as exc:
+        raise PriorError(f"{sc_path}: bad network config ({exc}); re-export the prior.") from None
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; leave the caller's RNG alone
+        G, D = Generator(g_cfg), Discriminator(d_cfg)
+    for part, module in (("G", G), ("D", D)):
+        name = sc["files"].get(part)
+        if not name:
+            raise PriorError(f"{sc_path}: sidecar names no {part} file; re-export the prior.")
+        _load_checked(module, sc_path.parent / name, sc["sha256"].get(part), sc_path, dataset, component)
+    G = G.to(dev).eval().requires_grad_(False)
+    D = D.to(dev).eval().requires_grad_(False)
+    return Prior(dataset, component, G, D, g_cfg, d_cfg, sc, sc_path, dev)
+
+
+@dataclass
+class GanBank:
+    """One prior per component of a dataset (``bank["albedo"].G`` ...)."""
+
+    dataset: str
+    priors: dict[str, Prior]
+
+    def __getitem__(self, component: str) -> Prior:
+        try:
+            return self.priors[component]
+        except KeyError:
+            raise PriorError(f"This {self.dataset} bank has no {component!r} prior (it holds {', '.join(self.priors)}).") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.priors)
+
+    def __len__(self) -> int:
+        return len(self.priors)
+
+    def items(self):
+        return self.priors.items()
+
+    @property
+    def components(self) -> list[str]:
+        return list(self.priors)
+
+    @property
+    def generators(self) -> dict[str, Generator]:
+        return {c: p.G for c, p in self.priors.items()}
+
+    @property
+    def discriminators(self) -> dict[str, Discriminator]:
+        return {c: p.D for c, p in self.priors.items()}
+
+    def mean_latents(self, n: int = 10_000, seed: int = 0, truncation_psi: float = 1.0) -> dict[str, Tensor]:
+        return {c: p.mean_latent(n, seed, truncation_psi) for c, p in self.priors.items()}
+
+
+def load_bank(dataset: str, device: str | torch.device = "cpu", components: Sequence[str] | None = None,
+              path: str | Path | None = None) -> GanBank:
+    """The per-component priors of ``dataset`` (default albedo, shading, specular)."""
+    comps = tuple(components) if components is not None else COMPONENTS
+    return GanBank(dataset, {c: load_prior(dataset, c, device, path) for c in comps})
+
+
+def list_priors(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Sidecars found in ``path`` (default: the shipped weights), with their file name."""
+    folder = Path(path).expanduser() if path is not None else weights_dir()
+    out = []
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            out.append({**data, "sidecar": str(f)})
+    return out
+
+
+__all__ = [
+    "GanBank",
+    "PRIOR_COMPONENTS",
+    "Prior",
+    "PriorError",
+    "latent_cache_dir",
+    "list_priors",
+    "load_bank",
+    "load_prior",
+    "read_sidecar",
+    "sidecar_path",
+    "weights_dir",
+]

@@ -1,0 +1,155 @@
+"""Command line for GAN priors: ``joinbench train prior`` and ``joinbench priors info|sample|eval``.
+
+Two typer apps, mounted by :mod:`joinbench.cli`. Heavy imports happen inside the commands so
+``joinbench --help`` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import JoinbenchError
+
+train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models (GAN priors).")
+priors_app = typer.Typer(no_args_is_help=True, help="Inspect, sample and evaluate GAN priors.")
+
+
+@train_app.callback()
+def _train_root() -> None:
+    """Train joinbench's own models (GAN priors)."""
+
+
+@priors_app.callback()
+def _priors_root() -> None:
+    """Inspect, sample and evaluate GAN priors."""
+
+
+@train_app.command("prior")
+def train_prior_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | all (the three, one process) | joint (one 9-channel GAN)"),
+    kimg: float = typer.Option(5000.0, "--kimg", help="training length in thousands of images"),
+    batch: int = typer.Option(32, "--batch", "-b", help="images per step"),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/priors/<dataset>-<component>-<resolution>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    seed: int = typer.Option(0, "--seed", help="seed of weights, latents and the data stream"),
+    r1_gamma: Optional[float] = typer.Option(None, "--r1-gamma", help="R1 weight (default: StyleGAN2-ADA auto, 0.0002 res^2 / batch)"),
+    lr: float = typer.Option(0.0025, "--lr", help="Adam learning rate (G and D)"),
+    snapshot_kimg: float = typer.Option(100.0, "--snapshot-kimg", help="checkpoint and sample grid every N kimg"),
+    log_kimg: float = typer.Option(4.0, "--log-kimg", help="log.jsonl line every N kimg"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Train the GAN prior(s) of a procedural dataset; exports <dataset>-<component>-{G,D}.safetensors + .json.
+
+    Example: joinbench train prior --dataset materials --component all --kimg 2000
+    """
+    from .train import TrainConfig, train_prior
+
+    cfg = TrainConfig(dataset=dataset, component=component, kimg=kimg, batch=batch, resolution=resolution,
+                      device=device, out=str(out) if out is not None else None, seed=seed, r1_gamma=r1_gamma, lr=lr,
+                      snapshot_kimg=snapshot_kimg, log_kimg=log_kimg, progress=not quiet)
+    folder = train_prior(cfg, resume=resume)
+    for name in cfg.model_names():
+        typer.echo(f"exported {folder / f'{dataset}-{name}'}-G.safetensors, -D.safetensors, .json")
+    typer.echo(f"to ship: copy those files into joinbench/weights/, then `joinbench priors eval --dataset {dataset} --component {component}`")
+
+
+def _fmt(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+@priors_app.command("info")
+def priors_info(path: Optional[Path] = typer.Option(None, "--path", help="folder of priors (default: the shipped joinbench/weights)")):
+    """List GAN priors with their sidecar figures (size, images seen, FD-VGG, device, commit).
+
+    Example: joinbench priors info
+    """
+    from .bank import list_priors, weights_dir
+
+    rows = list_priors(path)
+    if not rows:
+        where = path or weights_dir()
+        typer.echo(f"no GAN priors in {where}; train one with `joinbench train prior --dataset materials --component all`")
+        return
+    header = ["prior", "res", "kimg", "G params", "G+D MB", "FD-VGG", "floor", "ratio", "device", "commit"]
+    table = []
+    for r in rows:
+        folder = Path(r["sidecar"]).parent
+        size = sum((folder / f).stat().st_size for f in r.get("files", {}).values() if (folder / f).is_file())
+        table.append([f"{r['dataset']}-{r['component']}", str(r.get("resolution")), f"{r.get('kimg', 0):g}",
+                      f"{r.get('params', {}).get('G', 0):,}", f"{size / 1e6:.2f}", _fmt(r.get("fd")),
+                      _fmt(r.get("fd_floor")), _fmt(r.get("fd_ratio")), str(r.get("device", "?"))[:24],
+                      str(r.get("commit", "?"))[:10]])
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for t in table:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+
+
+@priors_app.command("sample")
+def priors_sample(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | joint"),
+    n: int = typer.Option(64, "--n", help="number of samples"),
+    out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="PNG file"),
+    psi: float = typer.Option(1.0, "--psi", help="truncation psi (1 = none)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    path: Optional[Path] = typer.Option(None, "--path", help="folder or sidecar of the prior (default: shipped weights)"),
+):
+    """Write a grid of samples (encoded display space) of a prior.
+
+    Example: joinbench priors sample --dataset materials --component albedo --n 64 --out grid.png
+    """
+    from ..viz import grid_image, save_image_atomic
+    from .bank import load_prior
+    from .train import _grid_rows
+
+    if n < 1:
+        raise JoinbenchError(f"--n must be at least 1 (got {n}).")
+    prior = load_prior(dataset, component, device, path)
+    images = prior.sample(n, seed=seed, truncation_psi=psi).cpu()
+    rows = _grid_rows(images, prior.component)
+    save_image_atomic(grid_image(rows, cell=max(64, prior.resolution)), out)
+    typer.echo(f"wrote {out} ({n} samples of {dataset}-{component}, psi {psi:g})")
+
+
+@priors_app.command("eval")
+def priors_eval(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | joint | all"),
+    n: int = typer.Option(5000, "--n", help="samples per set"),
+    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed"),
+    batch: int = typer.Option(64, "--batch", "-b"),
+    path: Optional[Path] = typer.Option(None, "--path", help="folder of the priors (default: shipped weights)"),
+    write: bool = typer.Option(True, "--write/--no-write", help="store the figures in the sidecar(s)"),
+):
+    """FD-VGG of prior samples vs procedural data, with the floor (two procedural sets); updates the sidecar.
+
+    Example: joinbench priors eval --dataset materials --component all --n 5000
+    """
+    from .bank import load_prior, sidecar_path
+    from .fd import evaluate_priors
+
+    if component == "all":
+        names = ["albedo", "shading", "specular"]
+        if sidecar_path(dataset, "joint", path).is_file():
+            names.append("joint")
+    else:
+        names = [component]
+    priors = [load_prior(dataset, c, "cpu", path) for c in names]
+    results = evaluate_priors(priors, n=n, device=device, seed=seed, batch=batch, update_sidecar=write)
+    for c, r in results.items():
+        typer.echo(f"{dataset}-{c}: FD-VGG {r['fd']:.3f}  floor {r['fd_floor']:.3f}  ratio {_fmt(r['ratio'])}  (n={r['n']})")
+        for sub, v in (r.get("components") or {}).items():
+            typer.echo(f"    {sub}: FD-VGG {v['fd']:.3f}  floor {v['fd_floor']:.3f}  ratio {_fmt(v['ratio'])}")
+    if write:
+        typer.echo("sidecars updated")
+
+
+__all__ = ["priors_app", "train_app"]

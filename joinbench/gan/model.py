@@ -1,0 +1,446 @@
+"""StyleGAN2 generator and residual discriminator in plain PyTorch (no compiled ops).
+
+The architecture of Karras et al. (StyleGAN2 / StyleGAN2-ADA, config ``auto``), written
+compactly from the papers:
+
+* **Mapping** ``z -> w``: pixel norm of z, ``mapping_layers`` equalised-lr fully connected
+  layers (width ``w_dim``, learning-rate multiplier 0.01, leaky ReLU), and a tracked
+  ``w_avg`` buffer used for truncation (``w = w_avg + psi (w - w_avg)``).
+* **Synthesis**: a learned 4x4 constant, then per resolution two 3x3 modulated convolutions
+  with weight demodulation (the first upsamples x2), each followed by a per-layer noise
+  input with a learned strength, bias and leaky ReLU; skip-style 1x1 toRGB layers whose
+  outputs are upsampled and summed. Upsampling is bilinear (``F.interpolate``), which equals
+  StyleGAN2's [1, 3, 3, 1] FIR upsampling away from the border. The output is linear
+  (no tanh) and lands in [-1, 1] "-ish".
+* **Discriminator**: residual (``resnet``) blocks with [1, 3, 3, 1] blur before every
+  stride-2 convolution (a fixed depthwise ``conv2d``), a minibatch standard-deviation layer
+  and a 4x4 epilogue.
+
+Everything uses the equalised learning rate (weights drawn from N(0, 1), scaled at run time
+by ``1 / sqrt(fan_in)``). Modulation is applied to activations instead of per-sample weights
+(StyleGAN2-ADA's ``fused_modconv=False``): mathematically identical, and a plain batched
+``conv2d`` rather than a grouped one.
+
+W layout: ``num_ws = 2 log2(resolution) - 2``; conv ``i`` reads ``ws[:, i]`` and the toRGB
+after conv ``i`` reads ``ws[:, i + 1]`` (as in StyleGAN2-ADA). Noise inputs, one per
+modulated 3x3 conv (``2 log2(resolution) - 3`` of them), are persistent ``noise_const``
+buffers of shape (1, 1, r, r); ``synthesis(ws, noise=[...])`` takes explicit (B or 1, 1, r, r)
+tensors per layer so inversion can optimise them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SQRT2 = math.sqrt(2.0)
+NOISE_MODES = ("random", "const", "none")
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 512
+
+
+def _check_resolution(resolution: int) -> int:
+    r = int(resolution)
+    if r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
+        raise ValueError(f"GAN resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {resolution}")
+    return r
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**data)
+
+
+@dataclass
+class GeneratorConfig:
+    """Generator hyper-parameters. Channels at resolution r: ``min(channel_base // r, channel_max)``."""
+
+    resolution: int = 64
+    img_channels: int = 3
+    z_dim: int = 128
+    w_dim: int = 128
+    mapping_layers: int = 2
+    mapping_lr_mul: float = 0.01
+    channel_base: int = 8192
+    channel_max: int = 64
+    w_avg_beta: float = 0.998  # tracking of w_avg during training (StyleGAN2-ADA)
+
+    def __post_init__(self):
+        self.resolution = _check_resolution(self.resolution)
+        if self.img_channels < 1 or self.z_dim < 1 or self.w_dim < 1 or self.mapping_layers < 1:
+            raise ValueError("img_channels, z_dim, w_dim and mapping_layers must be positive")
+
+    def channels(self, res: int) -> int:
+        return max(1, min(self.channel_base // res, self.channel_max))
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Discriminator hyper-parameters (same channel rule as the generator)."""
+
+    resolution: int = 64
+    img_channels: int = 3
+    channel_base: int = 8192
+    channel_max: int = 64
+    mbstd_group_size: int = 4
+    mbstd_channels: int = 1
+
+    def __post_init__(self):
+        self.resolution = _check_resolution(self.resolution)
+
+    def channels(self, res: int) -> int:
+        return max(1, min(self.channel_base // res, self.channel_max))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DiscriminatorConfig":
+        return _from_dict(cls, data)
+
+
+# ---------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------
+def _blur_kernel() -> Tensor:
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    k = k[:, None] * k[None, :]
+    return k / k.sum()
+
+
+def blur2d(x: Tensor, kernel: Tensor, pad: int, stride: int = 1) -> Tensor:
+    """Depthwise 4x4 FIR filter (zero padding ``pad`` each side), optionally strided."""
+    b, c, h, w = x.shape  # channels folded into the batch: one plain conv, no groups (fast double backward)
+    y = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), [pad] * 4), kernel.to(x.dtype)[None, None], stride=stride)
+    return y.reshape(b, c, y.shape[-2], y.shape[-1])
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def normalize_2nd_moment(x: Tensor, eps: float = 1e-8) -> Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalised learning rate and optional lr multiplier."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: str | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init) / lr_mul)) if bias else None
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        x = F.linear(x, self.weight * self.weight_gain, b)
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * SQRT2
+        return x
+
+
+class EqualConv2d(nn.Module):
+    """Convolution with equalised learning rate; ``down`` blurs and strides by 2."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str | None = "lrelu", down: bool = False, gain: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.activation, self.down, self.gain, self.k = activation, down, gain, kernel_size
+        if down:
+            self.register_buffer("blur", _blur_kernel(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight * self.weight_gain
+        if self.down and self.k == 1:  # anti-aliased 2x decimation, then 1x1
+            x = F.conv2d(blur2d(x, self.blur, pad=1, stride=2), w)
+        elif self.down:  # blur (H -> H + 1), then 3x3 stride 2 (-> H / 2)
+            x = F.conv2d(blur2d(x, self.blur, pad=2), w, stride=2)
+        else:
+            x = F.conv2d(x, w, padding=self.k // 2)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype)[None, :, None, None]
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * SQRT2
+        return x * self.gain if self.gain != 1.0 else x
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution with optional demodulation and 2x upsampling."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, w_dim: int,
+                 demodulate: bool = True, up: bool = False):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.demodulate, self.up, self.k = demodulate, up, kernel_size
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w)  # (B, Cin)
+        weight = self.weight * self.weight_gain
+        x = x * styles.to(x.dtype)[:, :, None, None]
+        if self.up:
+            x = upsample2x(x)
+        x = F.conv2d(x, weight.to(x.dtype), padding=self.k // 2)
+        if self.demodulate:  # 1 / ||w * s|| per sample and output channel, in float32
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                wsq = weight.float().square().sum(dim=[2, 3])  # (Cout, Cin)
+                dcoefs = (styles.float().square() @ wsq.t() + 1e-8).rsqrt()  # (B, Cout)
+            x = x * dcoefs.to(x.dtype)[:, :, None, None]
+        return x
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv + noise (learned strength) + bias + leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, demodulate=True, up=up)
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
+        self.resolution = resolution
+
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
+        x = self.conv(x, w)
+        if noise is not None:
+            x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
+        x = x + self.bias.to(x.dtype)[None, :, None, None]
+        return F.leaky_relu(x, 0.2) * SQRT2
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels: int, img_channels: int, w_dim: int):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, img_channels, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        return self.conv(x, w) + self.bias.to(x.dtype)[None, :, None, None]
+
+
+# ---------------------------------------------------------------------------------------
+# generator
+# ---------------------------------------------------------------------------------------
+class MappingNetwork(nn.Module):
+    """z -> w; ``w_avg`` (tracked during training) is the truncation centre."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        dims = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
+        self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=cfg.mapping_lr_mul, activation="lrelu")
+                                    for a, b in zip(dims[:-1], dims[1:]))
+        self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
+        self.z_dim, self.w_dim = cfg.z_dim, cfg.w_dim
+
+    def forward(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be (B, {self.z_dim}), got {tuple(z.shape)}")
+        x = normalize_2nd_moment(z)
+        for layer in self.layers:
+            x = layer(x)
+        if truncation_psi != 1.0:
+            x = self.w_avg.to(x.dtype).lerp(x, truncation_psi)
+        return x
+
+
+class SynthesisNetwork(nn.Module):
+    """ws -> image; see the module docstring for the W and noise layout."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        log2 = int(math.log2(cfg.resolution))
+        c4 = cfg.channels(4)
+        self.const = nn.Parameter(torch.randn(c4, 4, 4))
+        self.convs = nn.ModuleList([StyledConv(c4, c4, cfg.w_dim, 4)])
+        self.torgbs = nn.ModuleList([ToRGB(c4, cfg.img_channels, cfg.w_dim)])
+        for i in range(3, log2 + 1):
+            res = 2 ** i
+            cin, cout = cfg.channels(res // 2), cfg.channels(res)
+            self.convs.append(StyledConv(cin, cout, cfg.w_dim, res, up=True))
+            self.convs.append(StyledConv(cout, cout, cfg.w_dim, res))
+            self.torgbs.append(ToRGB(cout, cfg.img_channels, cfg.w_dim))
+        self.num_ws = len(self.convs) + 1
+        self.w_dim, self.resolution, self.img_channels = cfg.w_dim, cfg.resolution, cfg.img_channels
+
+    def noise_shapes(self) -> list[tuple[int, int, int, int]]:
+        return [(1, 1, c.resolution, c.resolution) for c in self.convs]
+
+    def forward(self, ws: Tensor, noise: Sequence[Tensor | None] | None = None, noise_mode: str = "random") -> Tensor:
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if ws.ndim == 2:  # W: one w broadcast to every layer
+            ws = ws[:, None, :].expand(-1, self.num_ws, -1)
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"ws must be (B, {self.w_dim}) or (B, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
+        if noise is not None and len(noise) != len(self.convs):
+            raise ValueError(f"noise must hold {len(self.convs)} tensors (one per layer), got {len(noise)}")
+        b = ws.shape[0]
+
+        def layer_noise(i: int) -> Tensor | None:
+            if noise is not None and noise[i] is not None:
+                return noise[i]
+            if noise_mode == "random":
+                r = self.convs[i].resolution
+                return torch.randn(b, 1, r, r, device=ws.device, dtype=ws.dtype)
+            if noise_mode == "const":
+                return self.convs[i].noise_const
+            return None
+
+        x = self.const[None].expand(b, -1, -1, -1)
+        x = self.convs[0](x, ws[:, 0], layer_noise(0))
+        img = self.torgbs[0](x, ws[:, 1])
+        for j, torgb in enumerate(self.torgbs[1:]):
+            i = 1 + 2 * j
+            x = self.convs[i](x, ws[:, i], layer_noise(i))
+            x = self.convs[i + 1](x, ws[:, i + 1], layer_noise(i + 1))
+            img = upsample2x(img).to(x.dtype) + torgb(x, ws[:, i + 2])
+        return img
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``G(z)``; ``G.mapping(z, truncation_psi)``; ``G.synthesis(ws, noise, noise_mode)``."""
+
+    def __init__(self, cfg: GeneratorConfig | None = None, **overrides: Any):
+        super().__init__()
+        cfg = cfg or GeneratorConfig(**overrides)
+        self.config = cfg
+        self.mapping = MappingNetwork(cfg)
+        self.synthesis = SynthesisNetwork(cfg)
+
+    z_dim = property(lambda self: self.config.z_dim)
+    w_dim = property(lambda self: self.config.w_dim)
+    resolution = property(lambda self: self.config.resolution)
+    img_channels = property(lambda self: self.config.img_channels)
+    num_ws = property(lambda self: self.synthesis.num_ws)
+
+    def forward(self, z: Tensor, truncation_psi: float = 1.0, noise: Sequence[Tensor | None] | None = None,
+                noise_mode: str = "random") -> Tensor:
+        return self.synthesis(self.mapping(z, truncation_psi), noise=noise, noise_mode=noise_mode)
+
+    def noise_shapes(self) -> list[tuple[int, int, int, int]]:
+        """Shapes (1, 1, r, r) of the per-layer noise inputs, in synthesis order."""
+        return self.synthesis.noise_shapes()
+
+    def noise_buffers(self) -> list[Tensor]:
+        """The registered ``noise_const`` buffers (what ``noise_mode='const'`` uses), in order."""
+        return [c.noise_const for c in self.synthesis.convs]
+
+    def make_noise(self, batch: int = 1, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> list[Tensor]:
+        """Fresh N(0, 1) noise maps (batch, 1, r, r) per layer, optionally from ``generator``."""
+        dev = device if device is not None else (generator.device if generator is not None else self.synthesis.const.device)
+        return [torch.randn(batch, 1, s[2], s[3], generator=generator, device=dev) for s in self.noise_shapes()]
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 10_000, seed: int = 0, truncation_psi: float = 1.0, chunk: int = 4096) -> Tensor:
+        """Mean of ``n`` mapped samples (z from a CPU ``torch.Generator`` seeded ``seed``): (1, w_dim)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        dev = self.synthesis.const.device
+        total = torch.zeros(self.w_dim, dtype=torch.float64, device=dev)
+        done = 0
+        while done < n:
+            m = min(chunk, n - done)
+            z = torch.randn(m, self.z_dim, generator=gen).to(dev)
+            total += self.mapping(z, truncation_psi).double().sum(0)
+            done += m
+        return (total / n).float()[None]
+
+
+# ---------------------------------------------------------------------------------------
+# discriminator
+# ---------------------------------------------------------------------------------------
+class DiscriminatorBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True, gain=math.sqrt(0.5))
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=None, down=True, gain=math.sqrt(0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.conv1(self.conv0(x))
+
+
+def minibatch_stddev(x: Tensor, group_size: int, num_channels: int = 1) -> Tensor:
+    """Append the std over groups of samples (averaged over features and pixels) as channels."""
+    n, c, h, w = x.shape
+    g = max(1, min(group_size, n))
+    while n % g:
+        g -= 1
+    y = x.float().reshape(g, -1, num_channels, c // num_channels, h, w)
+    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()  # (n/g, F, c/F, h, w)
+    y = y.mean(dim=[2, 3, 4]).reshape(-1, num_channels, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Residual StyleGAN2 discriminator: image (B, C, H, W) -> logits (B, 1)."""
+
+    def __init__(self, cfg: DiscriminatorConfig | None = None, **overrides: Any):
+        super().__init__()
+        cfg = cfg or DiscriminatorConfig(**overrides)
+        self.config = cfg
+        log2 = int(math.log2(cfg.resolution))
+        self.from_rgb = EqualConv2d(cfg.img_channels, cfg.channels(cfg.resolution), 1)
+        self.blocks = nn.ModuleList(DiscriminatorBlock(cfg.channels(2 ** i), cfg.channels(2 ** (i - 1)))
+                                    for i in range(log2, 2, -1))
+        c4 = cfg.channels(4)
+        self.conv = EqualConv2d(c4 + cfg.mbstd_channels, c4, 3)
+        self.fc = EqualLinear(c4 * 16, c4, activation="lrelu")
+        self.out = EqualLinear(c4, 1)
+
+    def forward(self, img: Tensor) -> Tensor:
+        cfg = self.config
+        if img.ndim != 4 or img.shape[1:] != (cfg.img_channels, cfg.resolution, cfg.resolution):
+            raise ValueError(f"D expects (B, {cfg.img_channels}, {cfg.resolution}, {cfg.resolution}), got {tuple(img.shape)}")
+        x = self.from_rgb(img)
+        for block in self.blocks:
+            x = block(x)
+        x = minibatch_stddev(x, cfg.mbstd_group_size, cfg.mbstd_channels)
+        x = self.conv(x)
+        return self.out(self.fc(x.flatten(1)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def fp16_bytes(module: nn.Module) -> int:
+    """Bytes of the module's persistent state (parameters and buffers) stored as float16."""
+    return 2 * sum(t.numel() for t in module.state_dict().values())
+
+
+__all__ = [
+    "Discriminator",
+    "DiscriminatorConfig",
+    "Generator",
+    "GeneratorConfig",
+    "NOISE_MODES",
+    "count_parameters",
+    "fp16_bytes",
+    "minibatch_stddev",
+]
