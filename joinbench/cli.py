@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import JoinbenchError
+from .gan.cli import priors_app, train_app
 from .registry import REGISTRIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -18,7 +19,6 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Preview, describe and exp
 weights_app = typer.Typer(no_args_is_help=True, help="Provision pretrained backbone weights offline.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(weights_app, name="weights")
-from .gan.cli import priors_app, train_app  # noqa: E402 - the GAN prior commands (typer only at import)
 app.add_typer(train_app, name="train")
 app.add_typer(priors_app, name="priors")
 
