@@ -101,7 +101,7 @@ def report_cmd(
     from .env import write_atomic
     from .report import render_report
 
-    text = render_report(list(runs), format, title)
+    text = render_report(list(runs), format, title, command="joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if out:
         write_atomic(out, text)
         typer.echo(f"wrote {out}")

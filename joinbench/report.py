@@ -43,7 +43,8 @@ def _datasets(summaries) -> str:
     return ", ".join(sorted({s["run"]["dataset"] for s in summaries}))
 
 
-def render_report(run_dirs: list[str | Path], fmt_name: str = "md", title: str | None = None) -> str:
+def render_report(run_dirs: list[str | Path], fmt_name: str = "md", title: str | None = None,
+                  command: str | None = None) -> str:
     if fmt_name not in FORMATS:
         raise JoinbenchError(f"Unknown report format {fmt_name!r}; use one of {', '.join(FORMATS)}.")
     if not run_dirs:
@@ -52,7 +53,12 @@ def render_report(run_dirs: list[str | Path], fmt_name: str = "md", title: str |
     frame, directions = comparison_frame(summaries)
     best = best_mask(frame, directions)
     title = title or f"Comparison on {_datasets(summaries)}"
-    return {"md": _markdown, "latex": _latex, "csv": _csv, "html": _html}[fmt_name](frame, best, directions, summaries, title)
+    render = {"md": _markdown, "latex": _latex, "csv": _csv, "html": _html}[fmt_name]
+    text = render(frame, best, directions, summaries, title)
+    if command and fmt_name == "md":  # say first how to remake this report
+        head, _, rest = text.partition("\n")
+        text = f"{head}\n\nMade with `{command}`.\n{rest}"
+    return text
 
 
 def _provenance(summaries) -> list[str]:
@@ -60,9 +66,13 @@ def _provenance(summaries) -> list[str]:
     for s in summaries:
         env, run = s["environment"], s["run"]
         n = max((v["n"] for c in s["results"].values() for v in c.values()), default=0)
+        wall = s.get("timing", {}).get("wall_seconds_this_invocation")
+        cmd = f"`{env['command']}`" if env.get("command") else "(Python API)"
         lines.append(
-            f"{run['method']} on {run['dataset']}: {n} images at {run['resolution']} px, seed {run['seed']}, "
-            f"{env['device_name']}, commit {env['commit']}, torch {env['versions'].get('torch')}, folder {s['_dir']}"
+            f"{run['method']} on {run['dataset']}: {n} images at {run['resolution']} px, seed {run['seed']}; "
+            f"{cmd}; {env['device_name']}; commit {env['commit']}; torch {env['versions'].get('torch')}, "
+            f"joinbench {env['versions'].get('joinbench')}"
+            + (f"; wall {wall:.1f} s" if wall is not None else "") + f"; folder {s['_dir']}"
         )
     return lines
 
