@@ -35,10 +35,6 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _header(frame: pd.DataFrame, directions: dict[str, bool]) -> list[str]:
-    return [f"{c} {m} {arrow(directions.get(m, False))}" for c, m in frame.columns]
-
-
 def _datasets(summaries) -> str:
     return ", ".join(sorted({s["run"]["dataset"] for s in summaries}))
 
@@ -50,11 +46,11 @@ def render_report(run_dirs: list[str | Path], fmt_name: str = "md", title: str |
     if not run_dirs:
         raise JoinbenchError("No run folders given; pass one or more runs/<...> folders.")
     summaries = [load_summary(d) for d in run_dirs]
-    frame, directions = comparison_frame(summaries)
+    frame, ci, directions = comparison_frame(summaries)
     best = best_mask(frame, directions)
     title = title or f"Comparison on {_datasets(summaries)}"
     render = {"md": _markdown, "latex": _latex, "csv": _csv, "html": _html}[fmt_name]
-    text = render(frame, best, directions, summaries, title)
+    text = render(frame, ci, best, directions, summaries, title)
     if command and fmt_name == "md":  # say first how to remake this report
         head, _, rest = text.partition("\n")
         text = f"{head}\n\nMade with `{command}`.\n{rest}"
@@ -77,19 +73,26 @@ def _provenance(summaries) -> list[str]:
     return lines
 
 
-def _markdown(frame, best, directions, summaries, title) -> str:
+def _components(frame) -> list[str]:
+    return list(dict.fromkeys(c for c, _ in frame.columns))
+
+
+def _markdown(frame, ci, best, directions, summaries, title) -> str:
+    """One table per component (rows: runs, columns: metrics), so it stays readable."""
     from tabulate import tabulate
 
-    rows = []
-    for label in frame.index:
-        row = [label]
-        for col in frame.columns:
-            v = fmt(frame.loc[label, col])
-            row.append(f"**{v}**" if best.loc[label, col] else v)
-        rows.append(row)
-    out = [f"# {title}", "", "Mean over images; ↑ higher is better, ↓ lower is better; best per column in bold.", ""]
-    out.append(tabulate(rows, headers=["method"] + _header(frame, directions), tablefmt="github"))
-    out += ["", "Runs:", ""] + [f"- {line}" for line in _provenance(summaries)]
+    out = [f"# {title}", "", "Mean over images; ↑ higher is better, ↓ lower is better; best per column in bold "
+           "(ties all bold). 95% bootstrap intervals are in each run's `table.md` and in the CSV form.", ""]
+    for comp in _components(frame):
+        cols = [col for col in frame.columns if col[0] == comp]
+        rows = []
+        for label in frame.index:
+            cells = [f"**{fmt(frame.loc[label, col])}**" if best.loc[label, col] else fmt(frame.loc[label, col]) for col in cols]
+            rows.append([label] + cells)
+        headers = ["method"] + [f"{m} {arrow(directions.get(m, False))}" for _, m in cols]
+        what = " (re-render vs input)" if comp == "image" else ""
+        out += [f"## {comp}{what}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+    out += ["Runs:", ""] + [f"- {line}" for line in _provenance(summaries)]
     return "\n".join(out) + "\n"
 
 
@@ -100,8 +103,8 @@ def _latex_escape(s: str) -> str:
     return s
 
 
-def _latex(frame, best, directions, summaries, title) -> str:
-    comps = list(dict.fromkeys(c for c, _ in frame.columns))
+def _latex(frame, ci, best, directions, summaries, title) -> str:
+    comps = _components(frame)
     spec = "l" + "".join("r" * sum(1 for c2, _ in frame.columns if c2 == c) for c in comps)
     lines = [f"% {title}", r"\begin{tabular}{" + spec + "}", r"\toprule"]
     lines.append(" & " + " & ".join(
@@ -121,7 +124,7 @@ def _latex(frame, best, directions, summaries, title) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(frame, best, directions, summaries, title) -> str:
+def _csv(frame, ci, best, directions, summaries, title) -> str:
     rows = []
     for label in frame.index:
         for col in frame.columns:
@@ -129,18 +132,24 @@ def _csv(frame, best, directions, summaries, title) -> str:
             rows.append({"method": label, "component": col[0], "metric": col[1],
                          "higher_is_better": directions.get(col[1], False),
                          "mean": "" if v is None or (isinstance(v, float) and math.isnan(v)) else v,
+                         "ci_low": ci.loc[label, col][0], "ci_high": ci.loc[label, col][1],
                          "best": bool(best.loc[label, col])})
     return pd.DataFrame(rows).to_csv(index=False)
 
 
-def _html(frame, best, directions, summaries, title) -> str:
+def _html(frame, ci, best, directions, summaries, title) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["method"] + _header(frame, directions))
-    body = []
-    for label in frame.index:
-        cells = "".join(
-            f"<td{' class=best' if best.loc[label, col] else ''}>{esc(fmt(frame.loc[label, col]))}</td>" for col in frame.columns)
-        body.append(f"<tr><th>{esc(label)}</th>{cells}</tr>")
+    tables = []
+    for comp in _components(frame):
+        cols = [col for col in frame.columns if col[0] == comp]
+        head = "".join(f"<th>{esc(h)}</th>" for h in ["method"] + [f"{m} {arrow(directions.get(m, False))}" for _, m in cols])
+        body = []
+        for label in frame.index:
+            cells = "".join(
+                f"<td{' class=best' if best.loc[label, col] else ''} title='95% CI {esc(fmt(ci.loc[label, col][0]))} .. "
+                f"{esc(fmt(ci.loc[label, col][1]))}'>{esc(fmt(frame.loc[label, col]))}</td>" for col in cols)
+            body.append(f"<tr><th>{esc(label)}</th>{cells}</tr>")
+        tables.append(f"<h2>{esc(comp)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
     grids = []
     for s in summaries:
         g = Path(s["_dir"]) / "grid.png"
@@ -155,6 +164,6 @@ def _html(frame, best, directions, summaries, title) -> str:
         "padding:3px 6px;text-align:right}td.best{font-weight:bold;background:#e6f4e6}img{image-rendering:pixelated}"
         "</style></head><body>"
         f"<h1>{esc(title)}</h1><p>Mean over images; ↑ higher is better, ↓ lower is better; best per column highlighted.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"{''.join(tables)}"
         f"<h2>Runs</h2><ul>{prov}</ul><h2>Decomposition grids</h2>{''.join(grids)}</body></html>\n"
     )

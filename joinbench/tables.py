@@ -99,31 +99,37 @@ def run_table_markdown(summary: dict[str, Any]) -> str:
     return head + tabulate(rows, headers=headers, tablefmt="github") + "\n"
 
 
-def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[str, bool]]:
-    """Rows = runs (method label), columns = (component, metric) means; plus direction per metric."""
-    rows, directions = {}, {}
+def run_label(run: dict[str, Any]) -> str:
+    """A run's row name: the method, with its overrides when it has any."""
+    label = run["method"]
+    if run.get("overrides"):
+        label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(run["overrides"].items())) + ")"
+    return label
+
+
+def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bool]]:
+    """Rows = runs, columns = (component, metric): the means, their 95% intervals, and each
+    metric's direction. Components in COMPONENT_ORDER, metrics in the order the runs list them."""
+    means: dict[str, dict] = {}
+    cis: dict[str, dict] = {}
+    directions: dict[str, bool] = {}
     for s in summaries:
-        run = s["run"]
-        label = run["method"]
-        if run.get("overrides"):
-            label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(run["overrides"].items())) + ")"
-        base, k = label, 2
-        while label in rows:
+        label = base = run_label(s["run"])
+        k = 2
+        while label in means:
             label, k = f"{base} #{k}", k + 1
-        row = {}
-        for comp, vals in s["results"].items():
-            for metric, v in vals.items():
-                row[(comp, metric)] = v["mean"]
-                row[(comp, metric, "ci")] = (v["ci_low"], v["ci_high"])
-        rows[label] = row
-        for metric, info in run["metrics"].items():
-            directions[metric] = info["higher_is_better"]
-    cols = sorted({c for r in rows.values() for c in r if len(c) == 2},
-                  key=lambda c: (COMPONENT_ORDER.index(c[0]) if c[0] in COMPONENT_ORDER else 99, c[1]))
-    frame = pd.DataFrame({label: {c: r.get(c, math.nan) for c in cols} for label, r in rows.items()}).T
-    frame = frame[cols] if cols else frame
-    frame.columns = pd.MultiIndex.from_tuples(cols, names=["component", "metric"]) if cols else frame.columns
-    return frame, directions
+        means[label] = {(c, m): v["mean"] for c, vals in s["results"].items() for m, v in vals.items()}
+        cis[label] = {(c, m): (v["ci_low"], v["ci_high"]) for c, vals in s["results"].items() for m, v in vals.items()}
+        for metric, info in s["run"]["metrics"].items():
+            directions.setdefault(metric, info["higher_is_better"])
+    metric_order = list(directions)
+    comp_rank = lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else len(COMPONENT_ORDER)
+    cols = sorted({c for r in means.values() for c in r},
+                  key=lambda c: (comp_rank(c[0]), metric_order.index(c[1]) if c[1] in metric_order else 99))
+    index = pd.MultiIndex.from_tuples(cols, names=["component", "metric"])
+    frame = pd.DataFrame([[r.get(c, math.nan) for c in cols] for r in means.values()], index=list(means), columns=index)
+    ci = pd.DataFrame([[r.get(c, (math.nan, math.nan)) for c in cols] for r in cis.values()], index=list(cis), columns=index)
+    return frame, ci, directions
 
 
 def best_mask(frame: pd.DataFrame, directions: dict[str, bool]) -> pd.DataFrame:
