@@ -9,6 +9,12 @@ import numpy as np
 import pandas as pd
 
 COMPONENT_ORDER = ("albedo", "shading", "specular", "image")
+# Column order: the authors' encoded-space metrics, then the field's linear ones.
+METRIC_ORDER = ("mse", "psnr", "ssim", "lpips", "lpips-vgg", "si-mse", "si-lmse", "lmse", "dssim")
+
+
+def metric_rank(name: str) -> tuple[int, str]:
+    return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), name)
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -74,7 +80,7 @@ def run_table_markdown(summary: dict[str, Any]) -> str:
     from tabulate import tabulate
 
     run = summary["run"]
-    metrics = run["metrics"]
+    metrics = {m: run["metrics"][m] for m in sorted(run["metrics"], key=metric_rank)}
     results = summary["results"]
     headers = ["component"] + [f"{m} {arrow(info['higher_is_better'])}" for m, info in metrics.items()]
     rows = []
@@ -109,7 +115,7 @@ def run_label(run: dict[str, Any]) -> str:
 
 def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bool]]:
     """Rows = runs, columns = (component, metric): the means, their 95% intervals, and each
-    metric's direction. Components in COMPONENT_ORDER, metrics in the order the runs list them."""
+    metric's direction. Components in COMPONENT_ORDER, metrics in METRIC_ORDER."""
     means: dict[str, dict] = {}
     cis: dict[str, dict] = {}
     directions: dict[str, bool] = {}
@@ -122,10 +128,8 @@ def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
         cis[label] = {(c, m): (v["ci_low"], v["ci_high"]) for c, vals in s["results"].items() for m, v in vals.items()}
         for metric, info in s["run"]["metrics"].items():
             directions.setdefault(metric, info["higher_is_better"])
-    metric_order = list(directions)
     comp_rank = lambda c: COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else len(COMPONENT_ORDER)
-    cols = sorted({c for r in means.values() for c in r},
-                  key=lambda c: (comp_rank(c[0]), metric_order.index(c[1]) if c[1] in metric_order else 99))
+    cols = sorted({c for r in means.values() for c in r}, key=lambda c: (comp_rank(c[0]), metric_rank(c[1])))
     index = pd.MultiIndex.from_tuples(cols, names=["component", "metric"])
     frame = pd.DataFrame([[r.get(c, math.nan) for c in cols] for r in means.values()], index=list(means), columns=index)
     ci = pd.DataFrame([[r.get(c, (math.nan, math.nan)) for c in cols] for r in cis.values()], index=list(cis), columns=index)
