@@ -57,6 +57,14 @@ class Dataset(ABC):
     @abstractmethod
     def __getitem__(self, index: int) -> Sample: ...
 
+    def _position(self, index: int, what: str = "images") -> int:
+        """``index`` as a position 0..len-1 (negative ones count from the end), else IndexError."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name} has {len(self)} {what}; index {index} is out of range")
+        return index
+
     @property
     def components(self) -> tuple[str, ...]:
         """Ground-truth components this dataset provides (empty without ground truth)."""
@@ -167,10 +175,7 @@ class ProceduralDataset(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"{self.name} has {len(self)} test images; index {index} is out of range")
+        index = self._position(index, "test images")
         if index not in self._cache:
             # Render in aligned chunks; each sample is independent of its chunk.
             self._fill(index - index % self.render_batch)

@@ -197,10 +197,7 @@ class FileDataset(Dataset):
         return t if self.layers_are_linear else self.forward_model.decode(layer, t)
 
     def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"{self.name} has {len(self)} images; index {index} is out of range")
+        index = self._position(index)
         item = self.items[index]
         image, info = read_image(item.image)
         if self.image_is_linear:

@@ -165,10 +165,7 @@ class RealPhotoDataset(Dataset):
         return len(self.crops)
 
     def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"{self.name} has {len(self)} images; index {index} is out of range")
+        index = self._position(index)
         if index not in self._cache:
             crop = self.crops[index]
             photo = load_photo(crop.photo)

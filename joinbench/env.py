@@ -1,13 +1,15 @@
-"""Where a number came from: device, versions, commit, and atomic file writing."""
+"""Where a number came from: device, versions, commit; and atomic file writing, file hashes."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
 import resource
+import secrets
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +81,42 @@ def versions() -> dict[str, str]:
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` so that readers see the old file or the
+    whole new one, never a part, even if the process is killed.
+
+    The bytes go to a temporary file beside ``path`` (``.<name>.<random>.tmp``, created with the
+    permissions an ordinary ``open(path, "w")`` would give), are flushed to disk, and the file is
+    then moved over ``path`` with ``os.replace``; on any error the temporary file is removed.
+    Every file joinbench writes in one piece goes through here: JSON, tables, PNG (via
+    :func:`joinbench.imageio.write_png` / :func:`joinbench.viz.save_image_atomic`), npz
+    (:func:`joinbench.imageio.write_npz`) and safetensors (serialise with
+    ``safetensors.torch.save`` and pass the bytes).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    except BaseException:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

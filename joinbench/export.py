@@ -10,16 +10,13 @@ Layout (the same one ``folder:PATH`` reads back, and ``predictions:PATH/linear``
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .env import write_json
 from .forward import COMPONENTS
-from .viz import save_image_atomic, to_uint8
+from .imageio import write_npz, write_png
 
 
 def export_dataset(dataset, out: str | Path, limit: int | None = None, progress: bool = True) -> Path:
@@ -29,21 +26,18 @@ def export_dataset(dataset, out: str | Path, limit: int | None = None, progress:
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in tqdm(range(n), desc=f"export {dataset.name}", unit="img", disable=not progress):
         s = dataset[i]
-        save_image_atomic(Image.fromarray(to_uint8(s.image)), out / f"{s.id}.png")
-        arrays = {"image": s.image.numpy()}
+        write_png(out / f"{s.id}.png", s.image)
+        arrays = {"image": s.image}
         for c in COMPONENTS:
             lin = s.component(c)
             if lin is None:
                 continue
-            save_image_atomic(Image.fromarray(to_uint8(fm.encode(c, lin))), out / c / f"{s.id}.png")
-            arrays[c] = lin.numpy()
+            write_png(out / c / f"{s.id}.png", fm.encode(c, lin))
+            arrays[c] = lin
         if s.mask is not None:
-            save_image_atomic(Image.fromarray(to_uint8(s.mask.float())[..., 0]), out / "mask" / f"{s.id}.png")
-            arrays["mask"] = s.mask.float().numpy()
-        (out / "linear").mkdir(exist_ok=True)
-        tmp = out / "linear" / f".{s.id}.tmp.npz"
-        np.savez_compressed(tmp, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-        os.replace(tmp, out / "linear" / f"{s.id}.npz")
+            write_png(out / "mask" / f"{s.id}.png", s.mask.float())
+            arrays["mask"] = s.mask.float()
+        write_npz(out / "linear" / f"{s.id}.npz", **{k: v.float() for k, v in arrays.items()})
     write_json(out / "dataset.json", {
         **dataset.info(), "exported_images": n,
         "forward_model_description": fm.describe(),

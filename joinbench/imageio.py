@@ -29,9 +29,9 @@ or 16-bit PNGs atomically; ``read_npz`` / ``write_npz`` store lossless linear la
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .env import write_atomic
 from .errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -147,17 +148,20 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](arr))
 
 
+def _header_facts(path: Path, img) -> tuple[int, int, int, str, str]:
+    """(stored width, height, EXIF orientation, mode, format) of an open image whose size is acceptable."""
+    w, h = img.size
+    _check_size(path, w, h)
+    return w, h, _orientation(img), img.mode, img.format
+
+
 def image_info(path: str | os.PathLike) -> dict[str, Any]:
     """Check that ``path`` is an image of acceptable size and return its header facts
     (``size`` (W, H) as displayed, i.e. after EXIF orientation; ``stored_size``; ``mode``;
     ``format``; ``orientation``) without decoding the pixels."""
     path = Path(path)
-    img = _open(path)
-    with img:
-        w, h = img.size
-        _check_size(path, w, h)
-        orientation = _orientation(img)
-        mode, fmt = img.mode, img.format
+    with _open(path) as img:
+        w, h, orientation, mode, fmt = _header_facts(path, img)
     size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     return {"path": str(path), "size": size, "stored_size": (w, h), "mode": mode, "format": fmt,
             "orientation": orientation}
@@ -177,12 +181,8 @@ def read_image(path: str | os.PathLike, *, kind: str = "image") -> tuple[Tensor,
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = Path(path)
-    img = _open(path)
-    with img:
-        w, h = img.size
-        _check_size(path, w, h)
-        orientation = _orientation(img)
-        mode, fmt = img.mode, img.format
+    with _open(path) as img:
+        w, h, orientation, mode, fmt = _header_facts(path, img)
         frames = int(getattr(img, "n_frames", 1) or 1)
         try:
             colour, alpha, depth = _decode(path, img)
@@ -429,21 +429,6 @@ def resize(x: Tensor, resolution: int) -> Tensor:
 
 
 # -- writing -------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _png_chunk(tag: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
 
@@ -490,7 +475,7 @@ def encode_png(array: np.ndarray, bits: int = 8, filters: str | np.ndarray = "pa
 
 def write_png(path: str | os.PathLike, tensor: Tensor | np.ndarray, bits: int = 8) -> Path:
     """Write a float image in [0, 1] ((C, H, W) tensor with C = 1..4, or (H, W)) as an 8- or
-    16-bit PNG, atomically (a temporary file in the same folder, then ``os.replace``)."""
+    16-bit PNG, atomically (:func:`joinbench.env.write_atomic`)."""
     x = tensor.detach().float().cpu().numpy() if isinstance(tensor, Tensor) else np.asarray(tensor, np.float32)
     if x.ndim == 3:
         x = x.transpose(1, 2, 0)
@@ -499,24 +484,18 @@ def write_png(path: str | os.PathLike, tensor: Tensor | np.ndarray, bits: int = 
     if not np.isfinite(x).all():
         raise ValueError(f"write_png: image for {path} holds NaN or infinite values")
     top = 65535 if bits == 16 else 255
-    q = np.rint(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
-    data = encode_png(q, bits)
-    path = Path(path)
-    _atomic_write(path, lambda f: f.write(data))
-    return path
+    # nearest level, halves rounded up, in float32: the same 8-bit values as viz.to_uint8
+    q = (np.clip(x, 0.0, 1.0) * np.float32(top) + np.float32(0.5)).astype(np.uint16 if bits == 16 else np.uint8)
+    return write_atomic(path, encode_png(q, bits))
 
 
 def write_npz(path: str | os.PathLike, **arrays: Tensor | np.ndarray) -> Path:
-    """Save named float arrays (e.g. linear albedo / shading / specular) to a compressed
-    ``.npz`` atomically."""
-    path = Path(path)
+    """Save named arrays (e.g. linear albedo / shading / specular), as they are (no dtype
+    change), to a compressed ``.npz`` atomically (:func:`joinbench.env.write_atomic`)."""
     out = {k: (v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in arrays.items()}
-
-    def write(f):
-        np.savez_compressed(f, **out)
-
-    _atomic_write(path, write)
-    return path
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **out)
+    return write_atomic(path, buf.getvalue())
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, Tensor]:

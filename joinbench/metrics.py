@@ -138,6 +138,11 @@ def _mask_or_ones(m: Tensor | None, p: Tensor) -> Tensor:
     return m.to(p.dtype)
 
 
+def _masked_mean(x: Tensor, mm: Tensor) -> Tensor:
+    """Per-image mean of ``x`` (B, C, H, W) over channels and the pixels where ``mm`` (B, 1, H, W) is 1."""
+    return (mm * x).sum(dim=(1, 2, 3)) / (mm.sum(dim=(1, 2, 3)) * x.shape[1])
+
+
 def _scale(p: Tensor, g: Tensor, m: Tensor) -> Tensor:
     """Per-image least-squares alpha (B,1,1,1) over masked pixels and channels; 0 if sum p^2 <= eps."""
     spp = (m * p * p).sum(dim=(1, 2, 3), keepdim=True)
@@ -167,14 +172,44 @@ def _window_sse(sgg: Tensor, sgp: Tensor, spp: Tensor) -> Tensor:
 
 # -- base class ------------------------------------------------------------------------------
 
+_FLAGS = ("name", "higher_is_better", "space", "description")
+
+
 @dataclass
 class Metric:
-    """A per-image metric: ``metric(pred, target, mask=None) -> Tensor (B,)``."""
+    """A per-image metric: ``metric(pred, target, mask=None) -> Tensor (B,)``.
+
+    A subclass states its flags once, as class keywords, and implements :meth:`compute`::
+
+        @dataclass
+        class MSE(Metric, name="mse", space="encoded", description="..."):
+            def compute(self, p, g, m): ...
+
+    The flags become fields that the constructor does not take (``MSE()``); those not given
+    keep the parent's values (for a direct subclass, the defaults below).
+    """
 
     name: str = ""
     higher_is_better: bool = False
     space: str = "encoded"  # "encoded" | "linear"
     description: str = ""
+
+    def __init_subclass__(cls, **flags):
+        super().__init_subclass__()
+        unknown = sorted(set(flags) - set(_FLAGS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown metric flags {unknown}; use {', '.join(_FLAGS)}")
+        if not flags:  # e.g. a variant of a finished metric: it keeps that metric's flags
+            return
+        # Re-declare every flag (before @dataclass reads the class) as a field the constructor
+        # does not take; inherited fields keep their place in the field order.
+        inherited = next(b.__dataclass_fields__ for b in cls.__mro__[1:] if "__dataclass_fields__" in vars(b))
+        annotations = vars(cls).get("__annotations__")
+        if annotations is None:
+            annotations = cls.__annotations__ = {}
+        for flag in _FLAGS:
+            annotations[flag] = inherited[flag].type
+            setattr(cls, flag, field(default=flags.get(flag, inherited[flag].default), init=False))
 
     def __call__(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         p, g, m = _prepare(self.name, pred, target, mask)
@@ -185,35 +220,23 @@ class Metric:
         raise NotImplementedError
 
 
-def _fixed(value):
-    return field(default=value, init=False)
-
-
 # -- encoded-space metrics -------------------------------------------------------------------
 
 @dataclass
-class MSE(Metric):
+class MSE(Metric, name="mse", space="encoded",
+          description="mean squared error over masked pixels and channels (encoded components)"):
     """Mean squared error over masked pixels and channels (display space)."""
 
-    name: str = _fixed("mse")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("encoded")
-    description: str = _fixed("mean squared error over masked pixels and channels (encoded components)")
-
     def compute(self, p, g, m):
-        mm = _mask_or_ones(m, p)
-        return (mm * (p - g) ** 2).sum(dim=(1, 2, 3)) / (mm.sum(dim=(1, 2, 3)) * p.shape[1])
+        return _masked_mean((p - g) ** 2, _mask_or_ones(m, p))
 
 
 @dataclass
-class PSNR(Metric):
+class PSNR(Metric, name="psnr", higher_is_better=True, space="encoded",
+          description="PSNR in dB, data range 1, from the masked MSE (+inf when identical)"):
     """Peak signal-to-noise ratio in dB from the masked MSE; +inf for identical images."""
 
     data_range: float = 1.0
-    name: str = _fixed("psnr")
-    higher_is_better: bool = _fixed(True)
-    space: str = _fixed("encoded")
-    description: str = _fixed("PSNR in dB, data range 1, from the masked MSE (+inf when identical)")
 
     def compute(self, p, g, m):
         mse = MSE().compute(p, g, m)
@@ -254,14 +277,11 @@ def _ssim_values(p: Tensor, g: Tensor, m: Tensor | None, *, name: str, win_size:
 
 
 @dataclass
-class SSIM(Metric):
+class SSIM(Metric, name="ssim", higher_is_better=True, space="encoded",
+          description="SSIM (scikit-image, 7x7 window, data range 1); masked: SSIM map averaged over the mask"):
     """Structural similarity (scikit-image defaults: 7x7 uniform window), data range 1."""
 
     win_size: int = 7
-    name: str = _fixed("ssim")
-    higher_is_better: bool = _fixed(True)
-    space: str = _fixed("encoded")
-    description: str = _fixed("SSIM (scikit-image, 7x7 window, data range 1); masked: SSIM map averaged over the mask")
 
     def compute(self, p, g, m):
         return _ssim_values(p, g, m, name=self.name, win_size=self.win_size, gaussian=False)
@@ -271,15 +291,11 @@ LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16}
 
 
 @dataclass
-class LPIPSMetric(Metric):
+class LPIPSMetric(Metric, name="lpips", space="encoded"):
     """Learned perceptual image patch similarity (v0.1), inputs in [0, 1] mapped to [-1, 1]."""
 
     net: str = "alex"
     batch_size: int = 32
-    name: str = _fixed("lpips")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("encoded")
-    description: str = _fixed("")
 
     def __post_init__(self):
         from .lpips_weights import backbone
@@ -308,25 +324,19 @@ class LPIPSMetric(Metric):
         d = torch.cat(chunks).to(p.dtype)
         if m is None:
             return d.reshape(b)
-        mm = m.to(p.dtype)
-        return (d * mm).sum(dim=(1, 2, 3)) / mm.sum(dim=(1, 2, 3))
+        return _masked_mean(d, m.to(p.dtype))  # d is (B, 1, H, W)
 
 
 # -- linear-space metrics --------------------------------------------------------------------
 
 @dataclass
-class SIMSE(Metric):
+class SIMSE(Metric, name="si-mse", space="linear",
+          description="scale-invariant MSE, one least-squares scale per image over masked pixels and channels"):
     """Scale-invariant MSE: one least-squares scale per image (intrinsic-image-eval)."""
-
-    name: str = _fixed("si-mse")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("linear")
-    description: str = _fixed("scale-invariant MSE, one least-squares scale per image over masked pixels and channels")
 
     def compute(self, p, g, m):
         mm = _mask_or_ones(m, p)
-        alpha = _scale(p, g, mm)
-        return (mm * (alpha * p - g) ** 2).sum(dim=(1, 2, 3)) / (mm.sum(dim=(1, 2, 3)) * p.shape[1])
+        return _masked_mean((_scale(p, g, mm) * p - g) ** 2, mm)
 
 
 def sintel_window(h: int, w: int, fraction: float = 0.1) -> tuple[int, int]:
@@ -336,14 +346,11 @@ def sintel_window(h: int, w: int, fraction: float = 0.1) -> tuple[int, int]:
 
 
 @dataclass
-class SILMSE(Metric):
+class SILMSE(Metric, name="si-lmse", space="linear",
+          description="local si-MSE (Sintel/ARAP): windows of 10% of the long side, stride half, mean over windows"):
     """Local scale-invariant MSE, Sintel / ARAP convention (mean of per-window si-MSE)."""
 
     fraction: float = 0.1
-    name: str = _fixed("si-lmse")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("linear")
-    description: str = _fixed("local si-MSE (Sintel/ARAP): windows of 10% of the long side, stride half, mean over windows")
 
     def compute(self, p, g, m):
         h, w = p.shape[2:]
@@ -361,15 +368,12 @@ class SILMSE(Metric):
 
 
 @dataclass
-class LMSE(Metric):
+class LMSE(Metric, name="lmse", space="linear",
+          description="MIT/Grosse LMSE: 20 px windows, stride 10, per-window scale, normalised by sum of g^2"):
     """Local MSE of the MIT Intrinsic Images benchmark (Grosse et al. 2009), normalised."""
 
     window: int = 20
     stride: int = 10
-    name: str = _fixed("lmse")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("linear")
-    description: str = _fixed("MIT/Grosse LMSE: 20 px windows, stride 10, per-window scale, normalised by sum of g^2")
 
     def compute(self, p, g, m):
         h, w = p.shape[2:]
@@ -379,14 +383,11 @@ class LMSE(Metric):
 
 
 @dataclass
-class DSSIM(Metric):
+class DSSIM(Metric, name="dssim", space="linear",
+          description="(1 - SSIM)/2 after per-image scale matching (11-tap Gaussian SSIM, data range 1)"):
     """Structural dissimilarity (1 - SSIM) / 2 after least-squares scale matching."""
 
     win_size: int = 11
-    name: str = _fixed("dssim")
-    higher_is_better: bool = _fixed(False)
-    space: str = _fixed("linear")
-    description: str = _fixed("(1 - SSIM)/2 after per-image scale matching (11-tap Gaussian SSIM, data range 1)")
 
     def compute(self, p, g, m):
         alpha = _scale(p, g, _mask_or_ones(m, p))

@@ -25,6 +25,7 @@ from .env import (device_name, git_commit, peak_memory_mb, resolve_device, synch
                   versions, write_atomic, write_json)
 from .errors import JoinbenchError
 from .forward import COMPONENTS
+from .imageio import write_npz
 from .registry import DATASETS, create_method, create_metric
 from .tables import run_table_markdown, summarise_records
 from .types import Batch, Decomposition
@@ -148,10 +149,7 @@ def _save_prediction(path: Path, dec: Decomposition, i: int, fm) -> None:
         arrays[c] = lin.numpy()
         arrays[f"{c}_encoded"] = fm.encode(c, lin).numpy()
     arrays["rerender"] = dec.rerender[i].detach().float().cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    write_npz(path, **arrays)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -166,6 +164,8 @@ def run_benchmark(settings: RunSettings) -> Path:
     n_total = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
     if settings.batch_size < 1:
         raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
+    if settings.limit is not None and settings.limit < 1:
+        raise JoinbenchError(f"--limit must be at least 1, got {settings.limit} (leave it out for the whole split).")
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
     run_dir.mkdir(parents=True, exist_ok=True)

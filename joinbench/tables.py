@@ -80,8 +80,9 @@ def run_table_markdown(summary: dict[str, Any]) -> str:
     from tabulate import tabulate
 
     run = summary["run"]
-    metrics = {m: run["metrics"][m] for m in sorted(run["metrics"], key=metric_rank)}
     results = summary["results"]
+    scored = {m for vals in results.values() for m in vals}  # e.g. no linear metrics without ground truth
+    metrics = {m: run["metrics"][m] for m in sorted(run["metrics"], key=metric_rank) if m in scored}
     headers = ["component"] + [f"{m} {arrow(info['higher_is_better'])}" for m, info in metrics.items()]
     rows = []
     for comp, vals in results.items():

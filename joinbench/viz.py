@@ -1,13 +1,14 @@
 """Image grids with column labels (previews, run grids, report figures)."""
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from .env import write_atomic
 
 
 def to_uint8(img: Tensor) -> np.ndarray:
@@ -52,18 +53,12 @@ def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
-    """Save a PIL image so readers never see a half-written file."""
+    """Save a PIL image (format from the suffix, PNG without one) so readers never see a
+    half-written file (:func:`joinbench.env.write_atomic`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix or ".png")
-    os.close(fd)
-    try:
-        image.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buf = io.BytesIO()
+    image.save(buf, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    return write_atomic(path, buf.getvalue())
 
 
 def dataset_rows(dataset, n: int) -> tuple[list[list[Tensor | None]], list[str]]:

@@ -25,10 +25,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..env import sha256_file
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS
 from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from .train import FORMAT, export_stem, sha256_file, to_display
+from .train import FORMAT, export_stem, to_display
 
 PRIOR_COMPONENTS = (*COMPONENTS, "joint")
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,16 +49,37 @@ def _check_resolution(resolution: int) -> int:
     return r
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-    return cls(**data)
+class ConfigDict:
+    """``to_dict`` / ``from_dict`` of a config dataclass. ``from_dict`` refuses keys that are
+    not fields, unless the class sets ``ignore_unknown_keys`` (then they are dropped)."""
+
+    ignore_unknown_keys: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown and not cls.ignore_unknown_keys:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class _NetConfig(ConfigDict):
+    """Generator and discriminator configs: channels at resolution r are
+    ``min(channel_base // r, channel_max)`` (at least 1)."""
+
+    channel_base: int
+    channel_max: int
+
+    def channels(self, res: int) -> int:
+        return max(1, min(self.channel_base // res, self.channel_max))
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(_NetConfig):
     """Generator hyper-parameters. Channels at resolution r: ``min(channel_base // r, channel_max)``."""
 
     resolution: int = 64
@@ -76,23 +97,13 @@ class GeneratorConfig:
         if self.img_channels < 1 or self.z_dim < 1 or self.w_dim < 1 or self.mapping_layers < 1:
             raise ValueError("img_channels, z_dim, w_dim and mapping_layers must be positive")
 
-    def channels(self, res: int) -> int:
-        return max(1, min(self.channel_base // res, self.channel_max))
-
     @property
     def num_ws(self) -> int:
         return 2 * int(math.log2(self.resolution)) - 2
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass
-class DiscriminatorConfig:
+class DiscriminatorConfig(_NetConfig):
     """Discriminator hyper-parameters (same channel rule as the generator)."""
 
     resolution: int = 64
@@ -104,16 +115,6 @@ class DiscriminatorConfig:
 
     def __post_init__(self):
         self.resolution = _check_resolution(self.resolution)
-
-    def channels(self, res: int) -> int:
-        return max(1, min(self.channel_base // res, self.channel_max))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DiscriminatorConfig":
-        return _from_dict(cls, data)
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,17 +36,18 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..env import sha256_file
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS
-from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
+from .model import ConfigDict, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
 
 TRAIN_TARGETS = (*COMPONENTS, "all", "joint")
 MODEL_NAMES = (*COMPONENTS, "joint")
@@ -62,8 +63,11 @@ _RESUME_KEYS = ("dataset", "component", "batch", "resolution", "r1_gamma", "r1_i
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Everything a training run depends on. ``None`` fields are resolved by :meth:`resolved`."""
+
+    # saved configs carry extra keys (e.g. the checkpoint's device_type): from_dict drops them
+    ignore_unknown_keys: ClassVar[bool] = True
 
     dataset: str = "materials"
     component: str = "albedo"  # albedo | shading | specular | all | joint
@@ -108,14 +112,6 @@ class TrainConfig:
         if cfg.out is None:
             cfg.out = str(Path("runs") / "priors" / f"{cfg.dataset}-{cfg.component}-{cfg.resolution}")
         return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def model_names(self) -> tuple[str, ...]:
         return COMPONENTS if self.component == "all" else (self.component,)
@@ -448,16 +444,6 @@ def sample_images(G: Generator, z: Tensor, truncation_psi: float = 1.0, noise_mo
 
 def _state_fp16(module: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_prior(out: Path, dataset: str, name: str, G_ema: Generator, D: Discriminator,

@@ -1,0 +1,81 @@
+"""Shared fixtures of the procedural datasets (faces, materials).
+
+A test module names its family with a module-level ``family`` fixture (``"faces"`` or
+``"materials"``; test_procedural.py parametrises it over both) and then asks for ``clean``,
+``shifted``, ``clean_batch``, ``shift_batch``, ``spec`` (the family's expectations) or
+``res`` (their resolution).
+Datasets and rendered test batches are made once per session and shared between modules:
+tests must not modify them in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pytest
+
+from joinbench.registry import create_dataset
+
+RES = 32  # resolution of the fixture datasets and batches
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the shared checks of test_procedural.py expect of one procedural family."""
+
+    name: str  # the clean split; f"{name}-shift" is the shifted one
+    batch: int  # images in clean_batch / shift_batch
+    has_mask: bool
+    batch_seeds: tuple[int, ...]  # test indices rendered together and alone
+    loose_image: bool  # images may differ by a rounding step between batches (JPEG of shift splits)
+    resolution_tol: float  # mean |2x2-pooled 64 px - 32 px| allowed per component, encoded
+    checksum_split: tuple[int, int]  # (resolution, size) of the determinism check
+
+
+FAMILIES = {
+    "faces": Family("faces", batch=16, has_mask=True, batch_seeds=(17, 3, 29, 8, 40), loose_image=False,
+                    resolution_tol=0.015, checksum_split=(16, 3)),
+    "materials": Family("materials", batch=12, has_mask=False, batch_seeds=(17, 3, 29), loose_image=True,
+                        resolution_tol=0.02, checksum_split=(RES, 4)),
+}
+
+
+@lru_cache(maxsize=None)
+def _dataset(name: str):
+    return create_dataset(name, resolution=RES, size=8)
+
+
+@lru_cache(maxsize=None)
+def _test_batch(name: str, n: int):
+    ds = _dataset(name)
+    return ds.render_batch_at(ds.test_seeds(list(range(n))))
+
+
+@pytest.fixture(scope="session")
+def res() -> int:
+    return RES
+
+
+@pytest.fixture(scope="module")
+def spec(family) -> Family:
+    return FAMILIES[family]
+
+
+@pytest.fixture(scope="module")
+def clean(family):
+    return _dataset(family)
+
+
+@pytest.fixture(scope="module")
+def shifted(family):
+    return _dataset(f"{family}-shift")
+
+
+@pytest.fixture(scope="module")
+def clean_batch(spec):
+    return _test_batch(spec.name, spec.batch)
+
+
+@pytest.fixture(scope="module")
+def shift_batch(spec):
+    return _test_batch(f"{spec.name}-shift", spec.batch)

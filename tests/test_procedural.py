@@ -1,0 +1,97 @@
+"""Checks every procedural family (faces, materials) must pass, clean and shift splits.
+
+Family-specific checks live in test_faces.py and test_materials.py; the fixtures and each
+family's expectations (``spec``) in conftest.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from joinbench.datasets.base import TRAIN_SEED_MIN
+from joinbench.datasets.faces import FacesDataset
+from joinbench.datasets.materials import MaterialsDataset
+from joinbench.registry import create_dataset, list_datasets
+
+COMPONENTS = ("albedo", "shading", "specular")
+CLASSES = {"faces": FacesDataset, "materials": MaterialsDataset}
+
+
+@pytest.fixture(scope="module", params=sorted(CLASSES))
+def family(request):
+    return request.param
+
+
+def test_registered_with_names(family, clean, shifted):
+    assert {family, f"{family}-shift"} <= set(list_datasets(f"{family}*"))
+    assert isinstance(clean, CLASSES[family]) and isinstance(shifted, CLASSES[family])
+    assert (clean.name, clean.shift) == (family, False)
+    assert (shifted.name, shifted.shift) == (f"{family}-shift", True)
+    assert clean[0].id.startswith(f"{family}-0") and shifted[0].id.startswith(f"{family}-shift-")
+
+
+@pytest.mark.parametrize("which", ["clean_batch", "shift_batch"])
+def test_shapes_dtypes_and_ranges(spec, res, which, request):
+    out = request.getfixturevalue(which)
+    for key in (*COMPONENTS, "image"):
+        t = out[key]
+        assert t.shape == (spec.batch, 3, res, res) and t.dtype == torch.float32, key
+        assert torch.isfinite(t).all() and t.min() >= 0, key
+    assert ("mask" in out) == spec.has_mask
+    assert out["image"].max() <= 1 and out["albedo"].max() <= 1
+    assert out["shading"].amin((1, 2, 3)).gt(0).all()  # ambient light: nothing pitch black
+
+
+def test_test_split_is_deterministic(family, spec):
+    resolution, size = spec.checksum_split
+    for name in (family, f"{family}-shift"):
+        a = create_dataset(name, resolution=resolution, size=size).checksum()
+        assert a == create_dataset(name, resolution=resolution, size=size).checksum(), name
+        assert a != create_dataset(name, resolution=resolution, size=size, seed=1).checksum(), name
+
+
+@pytest.mark.parametrize("split", ["clean", "shift"])
+def test_sample_does_not_depend_on_its_batch(family, spec, res, split):
+    ds = create_dataset(family if split == "clean" else f"{family}-shift", resolution=res)
+    seeds = ds.test_seeds(list(spec.batch_seeds))
+    together, alone = ds.render_batch_at(seeds), ds.render_batch_at(seeds[1:2])
+    for key in together:
+        if key == "image" and spec.loose_image:
+            # the JPEG rounding of a shift image could flip on a 1-ulp difference: compare loosely
+            assert (alone[key][0] - together[key][1]).abs().mean() < 1e-3
+        else:
+            torch.testing.assert_close(alone[key][0], together[key][1], rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_is_the_same_sample_at_any_resolution(spec, clean):
+    seeds = clean.test_seeds(list(range(6)))
+    fm = clean.forward_model
+    lo, hi = clean.render_batch_at(seeds, resolution=32), clean.render_batch_at(seeds, resolution=64)
+    for key in COMPONENTS:
+        diff = (fm.encode(key, F.avg_pool2d(hi[key], 2)) - fm.encode(key, lo[key])).abs().mean()
+        assert diff < spec.resolution_tol, key
+    assert (F.avg_pool2d(hi["image"], 2) - lo["image"]).abs().mean() < spec.resolution_tol
+    if spec.has_mask:
+        assert (F.avg_pool2d(hi["mask"], 2) - lo["mask"]).abs().mean() < 0.03
+
+
+def test_train_seeds_differ_from_test_seeds_and_stream(spec, res, clean):
+    train = clean.train_seeds(torch.Generator().manual_seed(0), 256)
+    test = clean.test_seeds(list(range(len(clean))))
+    assert train.min() >= TRAIN_SEED_MIN > test.max()
+    stream = clean.train_stream(4, resolution=res, seed=0)
+    first, second = next(stream), next(stream)
+    assert first["image"].shape == (4, 3, res, res)
+    if spec.has_mask:
+        assert first["mask"].shape == (4, 1, res, res)
+    assert not torch.equal(first["image"], second["image"])
+    torch.testing.assert_close(next(clean.train_stream(4, resolution=res, seed=0))["image"], first["image"])
+
+
+def test_shift_images_are_degraded_renders(shifted, shift_batch):
+    fm = shifted.forward_model
+    rendered = fm.render(shift_batch["albedo"], shift_batch["shading"], shift_batch["specular"])
+    diff = (rendered - shift_batch["image"]).abs().mean((1, 2, 3))
+    assert (diff > 0.003).all()  # every image carries camera degradations
+    assert diff.mean() < 0.15  # ... but is still the same picture
