@@ -33,6 +33,9 @@ class Method:
     Config: ClassVar[type] = MethodConfig
     registry_name: str = ""
     trains: ClassVar[bool] = False  # methods that train implement fit(...) and load shipped weights
+    # Per-image optimisation is slow on a CPU: such methods name how many test images a CPU
+    # run scores when the user gives no --limit (the full split is for GPUs).
+    cpu_default_limit: ClassVar[int | None] = None
 
     def __init__(self, config: Any | None = None, **overrides: Any):
         base = config if config is not None else self.Config()

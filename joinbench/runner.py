@@ -161,7 +161,12 @@ def run_benchmark(settings: RunSettings) -> Path:
     metric_names = DEFAULT_METRICS if settings.metrics is None else settings.metrics
     metrics = [create_metric(m) for m in metric_names]
     components = tuple(dataset.components)
-    n_total = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
+    limit = settings.limit
+    if limit is None and device.type == "cpu" and getattr(method, "cpu_default_limit", None):
+        limit = method.cpu_default_limit
+        print(f"{settings.method} on CPU: scoring the first {limit} of {len(dataset)} test images "
+              f"(this method's CPU default; pass --limit N to choose, or run on a GPU for the full split)")
+    n_total = len(dataset) if limit is None else min(limit, len(dataset))
     if settings.batch_size < 1:
         raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
     if settings.limit is not None and settings.limit < 1:

@@ -183,3 +183,12 @@ def test_summary_statistics():
 
     lo, hi = bootstrap_ci(np.array([1.0, 1.0, 1.0]))
     assert lo == hi == 1.0
+
+
+def test_cpu_default_limit_applies_only_without_limit(tmp_path, monkeypatch):
+    entry, _ = METHODS.get("trivial")
+    monkeypatch.setattr(entry.factory, "cpu_default_limit", 3, raising=False)
+    d = _run(tmp_path, "auto", method="trivial", dataset="materials", limit=None)
+    assert len({r["id"] for r in read_records(d / "records.jsonl")}) == 3
+    d = _run(tmp_path, "explicit", method="trivial", dataset="materials", limit=5)
+    assert len({r["id"] for r in read_records(d / "records.jsonl")}) == 5
