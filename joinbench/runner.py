@@ -157,6 +157,8 @@ def run_benchmark(settings: RunSettings) -> Path:
     device = resolve_device(settings.device)
     dataset = create_dataset_for_run(settings.dataset, settings.resolution, settings.seed)
     method = create_method(settings.method, **settings.overrides)
+    if hasattr(method, "bind_dataset"):  # e.g. JoIN picks the GAN bank of the dataset's domain
+        method.bind_dataset(settings.dataset, set(settings.overrides))
     method.to(device)
     metric_names = DEFAULT_METRICS if settings.metrics is None else settings.metrics
     metrics = [create_metric(m) for m in metric_names]
@@ -178,6 +180,8 @@ def run_benchmark(settings: RunSettings) -> Path:
         "method": settings.method, "method_config": method.describe()["config"],
         "dataset": settings.dataset, "resolution": settings.resolution, "seed": settings.seed,
         "metrics": list(metric_names),
+        # float32 optimisation results differ in the last bits between batch sizes
+        "batch_size": settings.batch_size,
     }
     id_path = run_dir / "run.json"
     if id_path.exists():
@@ -220,8 +224,8 @@ def run_benchmark(settings: RunSettings) -> Path:
         if not dec.errors:
             dec.errors = [None] * len(batch)
         times.append((len(batch), seconds))
-        for k, v in dec.timings.items():
-            stage_times[k] = stage_times.get(k, 0.0) + float(v)
+        for k, v in dec.timings.items():  # totals add up over batches; "*_per_step" rates are averaged below
+            stage_times.setdefault(k, []).append(float(v))
         with torch.inference_mode():
             records = score_batch(batch, dec, dataset.forward_model, metrics, seconds, components) if metrics else [
                 {"id": sid, "component": c, "error": dec.errors[i], "seconds": seconds / len(batch), "metrics": {}}
@@ -275,7 +279,8 @@ def _summary(settings, method, dataset, device, records, times, stage_times, wal
             "wall_seconds_this_invocation": wall, "images_this_invocation": n_img,
             "seconds_per_image_mean": float(np.mean(per_image)) if per_image else None,
             "images_per_second": (n_img / sum(s for _, s in times)) if times and sum(s for _, s in times) > 0 else None,
-            "stage_seconds_this_invocation": stage_times,
+            "stage_seconds_this_invocation": {
+                k: (sum(v) / len(v) if k.endswith("per_step") else sum(v)) for k, v in stage_times.items()},
             "peak_memory_mb": peak_memory_mb(device),
         },
         "failed_images": errors,

@@ -207,10 +207,11 @@ class ModulatedConv2d(nn.Module):
         if self.up:
             x = upsample2x(x)
         x = F.conv2d(x, weight.to(x.dtype), padding=self.k // 2)
-        if self.demodulate:  # 1 / ||w * s|| per sample and output channel, in float32
+        if self.demodulate:  # 1 / ||w * s|| per sample and output channel, at least float32 (not bf16)
+            dtype = torch.promote_types(x.dtype, torch.float32)
             with torch.autocast(device_type=x.device.type, enabled=False):
-                wsq = weight.float().square().sum(dim=[2, 3])  # (Cout, Cin)
-                dcoefs = (styles.float().square() @ wsq.t() + 1e-8).rsqrt()  # (B, Cout)
+                wsq = weight.to(dtype).square().sum(dim=[2, 3])  # (Cout, Cin)
+                dcoefs = (styles.to(dtype).square() @ wsq.t() + 1e-8).rsqrt()  # (B, Cout)
             x = x * dcoefs.to(x.dtype)[:, :, None, None]
         return x
 

@@ -1,0 +1,348 @@
+"""JoIN stage 1 (joinbench.join, joinbench.methods.join) on tiny random priors.
+
+No trained priors exist in the repository, so every test exports tiny random StyleGAN2
+priors (16 px, w_dim 16) into a temporary folder. Most tests switch LPIPS off
+(``perceptual="none"``) for speed; one runs the real LPIPS-VGG loss. CPU, one thread.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from joinbench.errors import JoinbenchError
+from joinbench.gan.bank import load_bank
+from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from joinbench.gan.train import export_prior
+from joinbench.join.losses import noise_regularisation, normalise_noise_
+from joinbench.join.regularisers import (KnnHingeRegulariser, derive_hinge_radius, hinge_value,
+                                         knn_mean_distances, knn_search)
+from joinbench.join.stage1 import JointInverter, Stage1Config, lr_ramp
+from joinbench.registry import create_forward_model, create_method, list_methods
+from joinbench.runner import RunSettings, read_records, run_benchmark
+
+RES, WDIM = 16, 16
+TINY = dict(channel_base=256, channel_max=16)
+VARIANTS = ("join-s1", "join-s1-noreg", "join-s1-indomain", "join-s1-knn-hinge", "join-s1-wplus", "join-s1-nospecular")
+# fast defaults for the inverter: no LPIPS, small banks and statistics
+FAST = dict(perceptual="none", bank_size=500, mean_samples=1000, radius_samples=200, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path_factory):
+    """One intra-op thread (tiny convolutions on a shared 2-core machine) and a private
+    JOINBENCH_HOME for latent-bank caches, keeping the real LPIPS weight cache."""
+    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
+
+    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
+        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))  # read before JOINBENCH_HOME moves
+    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def priors(tmp_path_factory):
+    """A folder with tiny random materials priors for albedo, shading and specular."""
+    folder = tmp_path_factory.mktemp("priors")
+    for i, c in enumerate(("albedo", "shading", "specular")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(10 + i)
+            G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, **TINY))
+            D = Discriminator(DiscriminatorConfig(resolution=RES, **TINY))
+            with torch.no_grad():
+                for conv in G.synthesis.convs:
+                    conv.noise_strength.fill_(0.2)  # noise maps matter for the image
+                G.mapping.w_avg.normal_(0, 0.1)
+        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
+    return folder
+
+
+def make_inverter(priors, fm="reinhard", **kw) -> JointInverter:
+    cfg = Stage1Config(**{**FAST, **kw})
+    f = create_forward_model(fm)
+    return JointInverter(load_bank("materials", components=f.components, path=priors), f, cfg, "cpu")
+
+
+def gan_targets(inv: JointInverter, n: int, seed: int = 0) -> torch.Tensor:
+    """Display images the bank can produce (random latents, random noise)."""
+    g = torch.Generator().manual_seed(seed)
+    enc = {}
+    with torch.no_grad():
+        for c in inv.components:
+            p = inv.priors[c]
+            z = torch.randn(n, p.z_dim, generator=g)
+            enc[c] = p.to_encoded(p.synthesis(p.mapping(z, 0.7), noise=p.make_noise(n, generator=g)))
+        return inv.fm.render_encoded(enc).float()
+
+
+# ---------------------------------------------------------------------------------------
+# pieces
+# ---------------------------------------------------------------------------------------
+def test_lr_schedule_key_points():
+    assert lr_ramp(0, 1000) == 0.0  # the projector's step 0 has lr 0
+    assert lr_ramp(25, 1000) == pytest.approx(0.5)  # half-way through the 5% warm-up
+    assert lr_ramp(50, 1000) == pytest.approx(1.0)
+    assert lr_ramp(500, 1000) == 1.0 and lr_ramp(750, 1000) == 1.0
+    assert lr_ramp(875, 1000) == pytest.approx(0.5)  # half-way through the 25% cosine ramp-down
+    assert lr_ramp(999, 1000) == pytest.approx(0.5 - 0.5 * math.cos(math.pi * 0.004))
+    assert 0 < lr_ramp(999, 1000) < 1e-4
+    assert lr_ramp(1, 4, rampup=0.0, rampdown=0.0) == 1.0
+
+
+def test_knn_chunked_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    bank, q = torch.randn(1000, 16, generator=g), torch.randn(37, 16, generator=g)
+    d, i = knn_search(q, bank, k=7, chunk=64, query_chunk=10)
+    bd, bi = (q[:, None] - bank[None]).square().sum(-1).topk(7, dim=1, largest=False)
+    assert torch.equal(i, bi)
+    assert torch.allclose(d, bd, rtol=1e-4, atol=1e-4)
+    # excluding each query's own bank row (queries taken from the bank)
+    _, i2 = knn_search(bank[:50], bank, k=5, chunk=128, exclude=torch.arange(50))
+    full = (bank[:50, None] - bank[None]).square().sum(-1)
+    full[torch.arange(50), torch.arange(50)] = float("inf")
+    assert torch.equal(i2, full.topk(5, dim=1, largest=False).indices)
+    with pytest.raises(JoinbenchError, match="bank_size"):
+        knn_search(q, bank[:3], k=5)
+
+
+def test_noise_regulariser_and_renormalisation():
+    g = torch.Generator().manual_seed(0)
+    white = [torch.randn(2, 1, 32, 32, generator=g)]
+    smooth = [torch.nn.functional.interpolate(torch.randn(2, 1, 8, 8, generator=g), size=(32, 32), mode="bilinear")]
+    assert noise_regularisation(white).shape == (2,)
+    assert (noise_regularisation(smooth) > 10 * noise_regularisation(white)).all()
+    maps = [torch.randn(3, 1, 8, 8, generator=g) * 5 + 2]
+    normalise_noise_(maps)
+    assert torch.allclose(maps[0].mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(maps[0].square().mean(dim=(1, 2, 3)), torch.ones(3), atol=1e-5)
+
+
+def test_knn_hinge_zero_inside_positive_outside():
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randn(500, 8, generator=g) * 0.5
+    # the formula: zero while ||w - mu|| <= r/2 * D, quadratic growth beyond
+    mu = torch.zeros(1, 8)
+    inside, outside = torch.full((1, 8), 0.9 / math.sqrt(8)), torch.full((1, 8), 1.5 / math.sqrt(8))
+    assert hinge_value(inside, mu, radius=2.0).item() == 0.0
+    assert hinge_value(outside, mu, radius=2.0).item() == pytest.approx(1.5 ** 2 - 1)
+    assert hinge_value(outside[:, None].expand(1, 3, 8), mu[:, None].expand(1, 3, 8), radius=2.0).item() == 0.0  # W+: D=3
+    # the radius comes from the bank: r/2 is the 95th percentile of kNN-mean distances
+    r = derive_hinge_radius(bank, k=50, percentile=95.0, samples=400)
+    frac = (knn_mean_distances(bank, k=50, samples=400) <= r / 2 + 1e-6).double().mean().item()
+    assert frac == pytest.approx(0.95, abs=0.01)
+    reg = KnnHingeRegulariser(bank, 50, 1.0, r)
+    assert (reg.penalty(bank[:100]) == 0).double().mean() >= 0.9  # the prior's own samples: inside
+    far = bank.mean(0, keepdim=True) + 6.0
+    assert reg.penalty(far).item() > 0
+
+
+# ---------------------------------------------------------------------------------------
+# the inversion
+# ---------------------------------------------------------------------------------------
+def test_loss_decreases(priors):
+    inv = make_inverter(priors, steps=40, noise_weight=0.0, regulariser="none")
+    target = gan_targets(inv, 2, seed=3)
+    res = inv.invert(target)
+    for curve in res.loss_curve:
+        assert curve[-1] < 0.5 * curve[0]
+    assert res.loss_steps == list(range(40))
+    assert res.errors == [None, None]
+    # with the full loss too (noise and kNN terms), the total goes down
+    res = make_inverter(priors, steps=25, regulariser="knn", knn_weight=1e-2).invert(target)
+    assert all(c[-1] < c[0] for c in res.loss_curve)
+
+
+def _far_init(inv, scale=8.0):
+    init = {}
+    for c, p in inv.priors.items():
+        bank = p.latent_bank(inv.cfg.bank_size, inv.cfg.bank_psi, inv.cfg.bank_seed)
+        init[c] = (bank.mean(0) + scale * bank.std(0))[None].expand(2, -1)
+    return init
+
+
+def _dist_to_bank(inv, w):
+    bank = inv.priors["albedo"].latent_bank(inv.cfg.bank_size, inv.cfg.bank_psi, inv.cfg.bank_seed)
+    return knn_search(w, bank, k=5)[0].sqrt().mean().item()
+
+
+@pytest.mark.parametrize("reg", ["none", "knn", "in-domain", "knn-hinge"])
+def test_regularisers_pull_far_latents(priors, reg):
+    """Only the latent term in the loss: a far-away start moves toward the bank (knn,
+    knn-hinge) or the mean (in-domain), and stays put without a regulariser."""
+    inv = make_inverter(priors, steps=30, pixel_weight=0.0, noise_weight=0.0, regulariser=reg,
+                        knn_weight=1.0, in_domain_weight=1.0, hinge_weight=1.0)
+    target = torch.rand(2, 3, RES, RES)
+    inv.setup()
+    init = _far_init(inv)
+    res = inv.invert(target, init=init)
+    w0, w1 = init["albedo"], res.latents["albedo"]
+    if reg == "none":
+        assert torch.equal(w0, w1)
+        return
+    if reg == "in-domain":
+        mean = inv.means["albedo"]
+        assert (w1 - mean).norm() < 0.7 * (w0 - mean).norm()
+    else:
+        assert _dist_to_bank(inv, w1) < 0.7 * _dist_to_bank(inv, w0)
+    if reg == "knn-hinge":
+        r = inv.regularisers["albedo"]
+        assert r.radius > 0 and r.penalty(w0).min() > 0
+        assert (r.penalty(w1) < r.penalty(w0)).all()
+
+
+def test_w_plus_shapes_and_w_broadcast(priors):
+    inv_w = make_inverter(priors, steps=1)
+    inv_wp = make_inverter(priors, steps=1, w_plus=True)
+    target = gan_targets(inv_w, 2)
+    rw, rwp = inv_w.invert(target), inv_wp.invert(target)  # one step has lr 0: the initial state
+    nws = inv_w.priors["albedo"].num_ws
+    assert rw.latents["albedo"].shape == (2, WDIM)
+    assert rwp.latents["albedo"].shape == (2, nws, WDIM)
+    assert torch.allclose(rw.rerender, rwp.rerender, atol=1e-6)  # W is W+ with equal rows
+    rwp = make_inverter(priors, steps=6, w_plus=True).invert(target)
+    rows = rwp.latents["shading"][0]
+    assert not torch.allclose(rows[0], rows[-1])  # per-layer latents move separately
+
+
+def test_noise_maps_optimised_and_renormalised(priors):
+    inv = make_inverter(priors, steps=6)
+    target = gan_targets(inv, 2)
+    res = inv.invert(target)
+    start = inv._initial_noise(2)
+    for c in inv.components:
+        for n, n0 in zip(res.noise[c], start[c]):
+            assert n.shape == n0.shape and n.shape[0] == 2
+            assert not torch.allclose(n, n0, atol=1e-3)
+            assert torch.allclose(n.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+            assert torch.allclose(n.square().mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-4)
+    fixed = make_inverter(priors, steps=6, optimise_noise=False).invert(target)
+    assert all(torch.equal(n, n0) for c in inv.components for n, n0 in zip(fixed.noise[c], start[c]))
+
+
+def _alone_vs_batch(priors, **kw):
+    inv = make_inverter(priors, **kw)
+    target = gan_targets(inv, 3, seed=5)
+    batch = inv.invert(target)
+    alone = make_inverter(priors, **kw).invert(target[2:3])
+    assert not torch.allclose(batch.latents["albedo"][0], batch.latents["albedo"][2])  # images differ
+    diff = max((batch.latents[c][2:3] - alone.latents[c]).abs().max().item() for c in inv.components)
+    diff_noise = max((nb[2:3] - na).abs().max().item() for c in inv.components
+                     for nb, na in zip(batch.noise[c], alone.noise[c]))
+    return diff, diff_noise, batch.loss_curve[2], alone.loss_curve[0]
+
+
+def test_batch_independence(priors):
+    """An image inverted alone or inside a batch follows the same trajectory: losses are
+    summed over images and nothing mixes them. float64 on CPU, 12 steps, kNN + noise terms:
+    latents, noise maps and loss curves agree to 1e-9 (observed ~1e-15). In float32 the
+    rounding of a (1, C) vs (B, C) matmul grows during optimisation (~1e-2 after 100 steps),
+    so float32 results depend slightly on the batch size."""
+    kw = dict(steps=12, dtype="float64", regulariser="knn", knn_weight=1e-2)
+    diff, diff_noise, curve_b, curve_a = _alone_vs_batch(priors, **kw)
+    assert diff < 1e-9 and diff_noise < 1e-9
+    assert curve_b == pytest.approx(curve_a, rel=1e-9)
+
+
+def test_nan_image_is_frozen_others_finish(priors):
+    kw = dict(steps=8, dtype="float64")
+    inv = make_inverter(priors, **kw)
+    target = gan_targets(inv, 3, seed=7).double()
+    bad = target.clone()
+    bad[1, 0, 4, 4] = float("nan")
+    res = inv.invert(bad)
+    assert res.errors[0] is None and res.errors[2] is None
+    assert "non-finite" in res.errors[1] and "\n" not in res.errors[1] and "step 0" in res.errors[1]
+    assert torch.equal(res.latents["albedo"][1], inv.means["albedo"][0])  # frozen at its start
+    assert torch.isfinite(res.rerender).all()
+    good = make_inverter(priors, **kw).invert(target[[0, 2]])
+    for c in inv.components:
+        assert torch.allclose(res.latents[c][[0, 2]], good.latents[c], atol=1e-9)
+
+
+def test_lpips_vgg_loss_runs(priors):
+    """The real LPIPS-VGG perceptual loss (all five VGG16 blocks; 1x1 maps at 16 px)."""
+    inv = make_inverter(priors, steps=3, perceptual="lpips-vgg")
+    target = gan_targets(inv, 2, seed=9)
+    res = inv.invert(target)
+    assert inv.perceptual.enabled
+    assert all(v > 0 for v in res.final_terms["perceptual"]) and res.errors == [None, None]
+    with pytest.raises(JoinbenchError, match="16 px"):
+        inv.perceptual(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------
+# the methods
+# ---------------------------------------------------------------------------------------
+def test_variants_registered_as_configurations():
+    assert set(VARIANTS) <= set(list_methods("join-s1*"))
+    classes = {type(create_method(n)) for n in VARIANTS}  # no priors needed to create them
+    assert len(classes) == 1
+    assert create_method("join-s1-wplus").config.w_plus is True
+    assert create_method("join-s1-nospecular").forward_model.components == ("albedo", "shading")
+    m = create_method("join-s1", **{"steps": "7", "betas": "0.8,0.99", "w_plus": "yes", "prior": "faces",
+                                   "hinge_radius": "14.57", "regulariser": "in-domain"})
+    cfg = m.config
+    assert (cfg.steps, cfg.betas, cfg.w_plus, cfg.prior, cfg.hinge_radius, cfg.regulariser) == \
+        (7, (0.8, 0.99), True, "faces", 14.57, "in-domain")
+    assert m.needs_grad is True
+    with pytest.raises(JoinbenchError, match="regulariser"):
+        create_method("join-s1", regulariser="knn5")
+
+
+def test_missing_priors_is_one_line_error(tmp_path, monkeypatch):
+    import joinbench.gan.bank as bank
+
+    monkeypatch.setattr(bank, "weights_dir", lambda: tmp_path / "weights")  # stays empty when weights ship
+    m = create_method("join-s1")
+    with pytest.raises(JoinbenchError, match="joinbench train prior") as info:
+        m.decompose(torch.rand(1, 3, RES, RES))
+    assert "\n" not in str(info.value) and "priors_path" in str(info.value)
+
+
+def test_decompose_returns_decomposition(priors):
+    m = create_method("join-s1", priors_path=str(priors), steps=3, bank_size=64, perceptual="none",
+                      mean_samples=256)
+    with torch.inference_mode():  # the method turns gradients back on for itself
+        images = torch.rand(2, 3, 2 * RES, 2 * RES)  # resized to the priors' 16 px and back
+        dec = m.decompose(images)
+    assert dec.albedo.shape == dec.shading.shape == dec.specular.shape == (2, 3, 2 * RES, 2 * RES)
+    assert (dec.shading >= 0).all() and dec.errors == [None, None]
+    assert set(dec.timings) >= {"stage1", "stage1_per_step", "stage1_setup"}
+    assert dec.timings["stage1_per_step"] == pytest.approx(dec.timings["stage1"] / 3)
+    assert dec.extras["latents"]["specular"].device.type == "cpu"
+    assert dec.extras["latents"]["albedo"].shape == (2, WDIM) and len(dec.extras["loss_curve"]) == 2
+    assert dec.extras["resized"] == {"from": (2 * RES, 2 * RES), "to": (RES, RES)}
+    dec2 = m.decompose(images[:1, :, :RES, :RES])
+    assert "stage1_setup" not in dec2.timings  # bank statistics are computed once
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_runs_through_the_runner(priors, tmp_path, name):
+    overrides = {"priors_path": str(priors), "steps": "3", "bank_size": "64", "perceptual": "none",
+                 "mean_samples": "256", "radius_samples": "32"}
+    out = run_benchmark(RunSettings(method=name, dataset="materials", resolution=RES, limit=2, batch_size=2,
+                                    device="cpu", metrics=("mse", "si-mse"), overrides=overrides,
+                                    progress=False, out=tmp_path / name))
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 2 * 4 and all(r["error"] is None for r in records)
+    assert all(math.isfinite(r["metrics"]["mse"]) for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timing"]["stage_seconds_this_invocation"]["stage1"] > 0
+    assert summary["run"]["method_config"]["steps"] == 3
+
+
+def test_runner_binds_the_dataset_domain_prior():
+    m = create_method("join-s1")
+    m.bind_dataset("faces-shift", set())
+    assert m.config.prior == "faces"
+    m.bind_dataset("real-materials", set())
+    assert m.config.prior == "materials"
+    m = create_method("join-s1", prior="faces")
+    m.bind_dataset("materials", {"prior"})
+    assert m.config.prior == "faces"
