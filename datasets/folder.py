@@ -194,7 +194,7 @@ class FileDataset(Dataset):
         if layer == "mask":
             return read_image(path, kind="mask")[0]
         t, _ = read_image(path)
-        return t if self.layers_are_linear else self.forward_model.decode(layer, t)
+        return t if self.layers_are_linear else self.forward_model.decode_stored(layer, t)
 
     def __getitem__(self, index: int) -> Sample:
         index = self._position(index)

@@ -162,9 +162,12 @@ def datasets_export(
 
     if split != "test":
         raise JoinbenchError(f"Only the test split can be exported (got --split {split!r}); training data is an infinite procedural stream.")
+    if limit is not None and limit < 1:
+        raise JoinbenchError(f"--limit must be at least 1, got {limit} (leave it out for the whole split).")
     ds = create_dataset_for_run(name, resolution, seed)
     path = export_dataset(ds, out, limit)
-    typer.echo(f"exported {min(limit or len(ds), len(ds))} samples of {name} to {path}")
+    n = len(ds) if limit is None else min(limit, len(ds))
+    typer.echo(f"exported {n} samples of {name} to {path}")
 
 
 @weights_app.command("lpips")

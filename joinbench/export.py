@@ -7,6 +7,10 @@ Layout (the same one ``folder:PATH`` reads back, and ``predictions:PATH/linear``
     DIR/mask/<id>.png               mask where the dataset has one
     DIR/linear/<id>.npz             lossless float32 linear image/albedo/shading/specular/mask
     DIR/dataset.json                dataset description, forward model, encodings, seed
+
+``folder:DIR`` reads the 8-bit PNGs back, so its ground truth carries 8-bit quantisation
+(up to a few percent in linear shading); score against exact ground truth by using the
+dataset by name (``--dataset materials``) and your outputs with ``predictions:``.
 """
 from __future__ import annotations
 

@@ -102,6 +102,14 @@ class ForwardModel:
             return reinhard_decode(encoded, self.specular_scale)
         raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 
+    def decode_stored(self, component: str, encoded: Tensor) -> Tensor:
+        """Decode a component read from an 8/16-bit file. Reinhard cannot hold highlights in
+        a file: a saturated value (255) would decode to ~2500, so shading and specular are
+        clipped at the authors' ENC_MAX (linear 24.75 at s=4), as GAN outputs are."""
+        if component != "albedo":
+            encoded = encoded.clamp(max=ENC_MAX)
+        return self.decode(component, encoded)
+
     # -- image formation -----------------------------------------------------------------
     def compose(self, albedo: Tensor, shading: Tensor, specular: Tensor | None = None) -> Tensor:
         """Linear HDR composite ``albedo * shading (+ specular)``."""

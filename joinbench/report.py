@@ -47,7 +47,8 @@ def render_report(run_dirs: list[str | Path], fmt_name: str = "md", title: str |
         raise JoinbenchError("No run folders given; pass one or more runs/<...> folders.")
     summaries = [load_summary(d) for d in run_dirs]
     frame, ci, directions = comparison_frame(summaries)
-    best = best_mask(frame, directions)
+    # comparison_frame keeps the runs' order, so rows and summaries line up
+    best = best_mask(frame, directions, pd.Series([s["run"]["dataset"] for s in summaries], index=frame.index))
     title = title or f"Comparison on {_datasets(summaries)}"
     render = {"md": _markdown, "latex": _latex, "csv": _csv, "html": _html}[fmt_name]
     text = render(frame, ci, best, directions, summaries, title)
@@ -82,7 +83,7 @@ def _markdown(frame, ci, best, directions, summaries, title) -> str:
     from tabulate import tabulate
 
     out = [f"# {title}", "", "Mean over images; ↑ higher is better, ↓ lower is better; best per column in bold "
-           "(ties all bold). 95% bootstrap intervals are in each run's `table.md` and in the CSV form.", ""]
+           "(ties all bold; compared only between runs on the same dataset). 95% bootstrap intervals are in each run's `table.md` and in the CSV form.", ""]
     for comp in _components(frame):
         cols = [col for col in frame.columns if col[0] == comp]
         rows = []
@@ -96,11 +97,13 @@ def _markdown(frame, ci, best, directions, summaries, title) -> str:
     return "\n".join(out) + "\n"
 
 
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{",
+                  "}": r"\}", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("{", r"\{"), ("}", r"\}"), ("$", r"\$")):
-        s = s.replace(a, b)
-    return s
+    """Escape LaTeX's special characters in one pass (so inserted braces stay unescaped)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
 
 
 def _latex(frame, ci, best, directions, summaries, title) -> str:

@@ -121,7 +121,8 @@ def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, sec
                     pred, target = dataset_fm.encode(comp, lin), dataset_fm.encode(comp, gt)
                 else:
                     pred, target = lin, gt
-            ok = [i for i in range(n) if not dec.errors[i] and comp not in missing.get(batch.ids[i], [])]
+            needed = dec.forward_model.components if comp == IMAGE_ROW else (comp,)
+            ok = [i for i in range(n) if not dec.errors[i] and not set(needed) & set(missing.get(batch.ids[i], []))]
             vals = [float("nan")] * n
             if ok:
                 idx = torch.tensor(ok, device=pred.device)
@@ -134,7 +135,8 @@ def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, sec
     records = []
     for i, sid in enumerate(batch.ids):
         for comp in (*components, IMAGE_ROW):
-            err = dec.errors[i] or ("missing prediction" if comp in missing.get(sid, []) else None)
+            needed = dec.forward_model.components if comp == IMAGE_ROW else (comp,)
+            err = dec.errors[i] or ("missing prediction" if set(needed) & set(missing.get(sid, [])) else None)
             records.append({
                 "id": sid, "component": comp, "error": err, "seconds": seconds / n,
                 "metrics": {k: v[i] for k, v in rows[comp].items()},
@@ -157,8 +159,8 @@ def run_benchmark(settings: RunSettings) -> Path:
     device = resolve_device(settings.device)
     dataset = create_dataset_for_run(settings.dataset, settings.resolution, settings.seed)
     method = create_method(settings.method, **settings.overrides)
-    if hasattr(method, "bind_dataset"):  # e.g. JoIN picks the GAN bank of the dataset's domain
-        method.bind_dataset(settings.dataset, set(settings.overrides))
+    if hasattr(method, "bind_dataset"):  # JoIN picks the dataset's GAN bank; predictions: its forward model
+        method.bind_dataset(dataset, set(settings.overrides))
     method.to(device)
     metric_names = DEFAULT_METRICS if settings.metrics is None else settings.metrics
     metrics = [create_metric(m) for m in metric_names]
@@ -175,6 +177,8 @@ def run_benchmark(settings: RunSettings) -> Path:
         raise JoinbenchError(f"--limit must be at least 1, got {settings.limit} (leave it out for the whole split).")
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise JoinbenchError(f"--out {run_dir} is a file; give a folder for the run (new, or one to resume).")
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = {
         "method": settings.method, "method_config": method.describe()["config"],
@@ -194,19 +198,24 @@ def run_benchmark(settings: RunSettings) -> Path:
     else:
         write_json(id_path, identity)
 
+    split_ids = [dataset[i].id for i in range(n_total)]
+    grid_ids = split_ids[: settings.grid_images]
+    grid_dir = run_dir / ".grid"
+    pred_dir = run_dir / "predictions"
     rec_path = run_dir / "records.jsonl"
     old = read_records(rec_path)
-    done = _finished_ids(old)
-    kept = [r for r in old if r["id"] in done]
-    if rec_path.exists():  # drop a torn last line and records of half-finished images
+    done = _finished_ids(old) & set(split_ids)
+    # An image counts as done only with every file this invocation promises for it
+    # (a resumed run may add --save-predictions; a grid image needs its prediction).
+    done = {i for i in done if (not settings.save_predictions or (pred_dir / f"{i}.npz").is_file())
+            and (i not in grid_ids or (grid_dir / f"{i}.npz").is_file())}
+    # Records of other images (e.g. beyond a smaller --limit) stay on disk but are not in this table.
+    kept = [r for r in old if r["id"] in done or (r["id"] not in split_ids and r["id"] in _finished_ids(old))]
+    if rec_path.exists():  # drop a torn last line and records of half-finished or redone images
         write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     todo = n_total - len(done)
     if done:
-        print(f"resuming {run_dir}: {len(done)} images already scored, {max(todo, 0)} to go")
-
-    grid_ids = [dataset[i].id for i in range(min(settings.grid_images, n_total))]
-    grid_dir = run_dir / ".grid"
-    pred_dir = run_dir / "predictions"
+        print(f"resuming {run_dir}: {len(done)} of {n_total} images already scored, {todo} to go")
     times, stage_times = [], {}
     t_start = time.perf_counter()
     if device.type == "cuda":
@@ -241,7 +250,8 @@ def run_benchmark(settings: RunSettings) -> Path:
     bar.close()
     wall = time.perf_counter() - t_start
 
-    records = read_records(rec_path)
+    wanted = set(split_ids)
+    records = [r for r in read_records(rec_path) if r["id"] in wanted]
     summary = _summary(settings, method, dataset, device, records, times, stage_times, wall, n_total, metrics)
     write_json(run_dir / "summary.json", summary)
     table = run_table_markdown(summary)

@@ -120,8 +120,9 @@ def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
     means: dict[str, dict] = {}
     cis: dict[str, dict] = {}
     directions: dict[str, bool] = {}
+    several = len({s["run"]["dataset"] for s in summaries}) > 1
     for s in summaries:
-        label = base = run_label(s["run"])
+        label = base = run_label(s["run"]) + (f" [{s['run']['dataset']}]" if several else "")
         k = 2
         while label in means:
             label, k = f"{base} #{k}", k + 1
@@ -137,15 +138,17 @@ def comparison_frame(summaries: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
     return frame, ci, directions
 
 
-def best_mask(frame: pd.DataFrame, directions: dict[str, bool]) -> pd.DataFrame:
-    """True where a cell is the best of its column (ties all marked), given each metric's direction."""
+def best_mask(frame: pd.DataFrame, directions: dict[str, bool], groups: pd.Series | None = None) -> pd.DataFrame:
+    """True where a cell is the best of its column (ties all marked), given each metric's
+    direction. With ``groups`` (row -> dataset), best is decided within each group only; a
+    cell is marked only when at least two rows of its group have a value to compare."""
     best = pd.DataFrame(False, index=frame.index, columns=frame.columns)
-    if len(frame) < 2:
-        return best
-    for col in frame.columns:
-        vals = frame[col].astype(float)
-        if vals.notna().sum() == 0:
-            continue
-        target = vals.max() if directions.get(col[1], False) else vals.min()
-        best[col] = np.isclose(vals, target, rtol=1e-9, atol=0) & vals.notna()
+    groups = groups if groups is not None else pd.Series("", index=frame.index)
+    for _, rows in frame.groupby(groups.reindex(frame.index), sort=False):
+        for col in rows.columns:
+            vals = rows[col].astype(float)
+            if vals.notna().sum() < 2:
+                continue
+            target = vals.max() if directions.get(col[1], False) else vals.min()
+            best.loc[rows.index, col] = np.isclose(vals, target, rtol=1e-9, atol=0) & vals.notna()
     return best

@@ -192,3 +192,68 @@ def test_cpu_default_limit_applies_only_without_limit(tmp_path, monkeypatch):
     assert len({r["id"] for r in read_records(d / "records.jsonl")}) == 3
     d = _run(tmp_path, "explicit", method="trivial", dataset="materials", limit=5)
     assert len({r["id"] for r in read_records(d / "records.jsonl")}) == 5
+
+
+def test_resume_with_smaller_limit_reports_only_those_images(tmp_path):
+    _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=4)
+    d = _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=2)
+    s = json.loads((d / "summary.json").read_text())
+    assert s["run"]["images"] == 2 and s["results"]["albedo"]["mse"]["n"] == 2
+    d = _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=4)  # and back: nothing lost
+    assert json.loads((d / "summary.json").read_text())["results"]["albedo"]["mse"]["n"] == 4
+
+
+def test_resume_adding_save_predictions_redoes_images_without_files(tmp_path):
+    _run(tmp_path, "sp", method="trivial", dataset="materials", limit=3, grid_images=1)
+    d = _run(tmp_path, "sp", method="trivial", dataset="materials", limit=3, grid_images=1, save_predictions=True)
+    assert sorted(p.name for p in (d / "predictions").iterdir()) == [f"materials-0000{i}.npz" for i in range(3)]
+    assert len(read_records(d / "records.jsonl")) == 3 * 4
+
+
+def test_rerender_needs_every_component(tmp_path):
+    from joinbench.export import export_dataset
+    from joinbench.runner import create_dataset_for_run
+
+    exp = tmp_path / "exp"
+    export_dataset(create_dataset_for_run("materials", 16, 0), exp, limit=2, progress=False)
+    import shutil
+
+    shutil.rmtree(exp / "shading")
+    d = _run(tmp_path, "noshd", method=f"predictions:{exp}", dataset="materials", limit=2)
+    img = [r for r in read_records(d / "records.jsonl") if r["component"] == "image"]
+    assert img and all(r["error"] == "missing prediction" for r in img)
+    s = json.loads((d / "summary.json").read_text())
+    assert "image" not in s["results"] and s["results"]["albedo"]["mse"]["n"] == 2
+
+
+def test_out_must_be_a_folder(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(JoinbenchError, match="is a file"):
+        run_benchmark(RunSettings(method="trivial", dataset="materials", out=f, limit=1, resolution=16, progress=False))
+
+
+def test_report_marks_best_within_a_dataset_only(tmp_path):
+    a = _run(tmp_path, "m1", method="trivial", dataset="materials", limit=2)
+    b = _run(tmp_path, "f1", method="trivial", dataset="faces", limit=2)
+    rows = list(csv.DictReader(io.StringIO(render_report([a, b], "csv"))))
+    assert {r["method"] for r in rows} == {"trivial [materials]", "trivial [faces]"}
+    assert not any(r["best"] == "True" for r in rows)  # one run per dataset: nothing to compare
+
+
+def test_latex_escape_is_single_pass():
+    from joinbench.report import _latex_escape
+
+    assert _latex_escape("predictions:~/a_b\\c{x}^") == (
+        r"predictions:\textasciitilde{}/a\_b\textbackslash{}c\{x\}\textasciicircum{}")
+
+
+def test_saturated_png_prediction_decodes_finitely():
+    import torch
+
+    from joinbench.registry import create_forward_model
+
+    fm = create_forward_model("reinhard")
+    lin = fm.decode_stored("shading", torch.tensor([250 / 255, 1.0]))
+    assert lin.max().item() == pytest.approx(0.99 / (4 * 0.01), rel=1e-4)
+    assert fm.decode_stored("albedo", torch.tensor([1.0])).item() == pytest.approx(1.0)

@@ -105,13 +105,15 @@ class JoinStage1(Method):
         self._setup_reported = False
         return self._inverter
 
-    def bind_dataset(self, dataset: str, overridden: set[str]) -> None:
+    def bind_dataset(self, dataset, overridden: set[str]) -> None:
         """Invert the GAN bank of the dataset's domain (``faces-shift`` -> ``faces``,
-        ``real-materials`` -> ``materials``) unless ``prior`` was set explicitly."""
+        ``real-materials`` -> ``materials``) unless ``prior`` was set explicitly.
+        ``dataset`` is a Dataset or its registry name."""
         if "prior" in overridden:
             return
+        name = dataset if isinstance(dataset, str) else dataset.name
         for domain in ("faces", "materials"):
-            if domain in dataset.split(":")[0]:
+            if domain in name.split(":")[0]:
                 if domain != self.config.prior:
                     self.config = dataclasses.replace(self.config, prior=domain)
                     self._inverter = None

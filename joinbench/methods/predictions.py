@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import JoinbenchError
@@ -48,25 +47,32 @@ class PredictionsMethod(Method):
         if not any(root.glob("*.npz")) and not any((root / c).is_dir() for c in COMPONENTS):
             raise JoinbenchError(f"{root} holds no predictions: expected <id>.npz files or albedo/, shading/, specular/ subfolders of PNGs.")
 
+    def bind_dataset(self, dataset, overridden: set[str]) -> None:
+        """Decode PNGs and re-render with the dataset's own forward model (its encodings are
+        what ``joinbench datasets export`` wrote), unless ``forward_model`` was set."""
+        if "forward_model" not in overridden and not isinstance(dataset, str):
+            self._bound_fm = dataset.forward_model
+
+    @property
+    def forward_model(self):
+        return getattr(self, "_bound_fm", None) or super().forward_model
+
     def _load(self, sid: str, shape) -> tuple[dict[str, torch.Tensor], list[str]]:
+        from ..imageio import read_image, read_npz
+
         fm = self.forward_model
         npz = self.root / f"{sid}.npz"
         found: dict[str, torch.Tensor] = {}
         if npz.is_file():
-            with np.load(npz) as data:
-                for c in COMPONENTS:
-                    if c in data:
-                        found[c] = torch.from_numpy(np.asarray(data[c], dtype=np.float32))
+            found = {c: t for c, t in read_npz(npz).items() if c in COMPONENTS}
         for c in COMPONENTS:
             if c in found:
                 continue
             for suffix in PNG_SUFFIXES:
                 png = self.root / c / f"{sid}{suffix}"
                 if png.is_file():
-                    from ..imageio import read_image
-
                     enc, _ = read_image(png)
-                    found[c] = fm.decode(c, enc)
+                    found[c] = fm.decode_stored(c, enc)
                     break
         for c, t in found.items():
             if tuple(t.shape) != tuple(shape):
