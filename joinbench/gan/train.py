@@ -96,6 +96,7 @@ class TrainConfig(ConfigDict):
     forward_model: str | None = None  # None: the dataset's own
     grid_size: int = 32
     progress: bool = True
+    minutes: float | None = None  # stop (checkpoint + export) after this much training time in this invocation
 
     def resolved(self) -> "TrainConfig":
         cfg = copy.copy(self)
@@ -559,6 +560,7 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
                disable=not cfg.progress, desc=f"{cfg.dataset}/{cfg.component}", dynamic_ncols=True)
     t_log, n_log = time.perf_counter(), 0
     t_seg = time.perf_counter()
+    deadline = None if cfg.minutes is None else t_seg + 60.0 * cfg.minutes
     first = True
     try:
         while cur_nimg < total_nimg:
@@ -574,7 +576,8 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
             prev, cur_nimg, step = cur_nimg, cur_nimg + cfg.batch, step + 1
             n_log += cfg.batch
             bar.update(min(cfg.batch, total_nimg - prev))
-            done = cur_nimg >= total_nimg
+            out_of_time = deadline is not None and time.perf_counter() >= deadline
+            done = cur_nimg >= total_nimg or out_of_time
             if _crossed(prev, cur_nimg, cfg.log_kimg) or done:
                 synchronize(device)
                 now = time.perf_counter()
@@ -595,6 +598,8 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
                 wall_s += time.perf_counter() - t_seg
                 t_seg = time.perf_counter()
                 snapshot()
+            if out_of_time:  # the time budget is spent: export what we have (resumable with --resume)
+                break
     finally:
         bar.close()
 
