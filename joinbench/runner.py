@@ -156,6 +156,10 @@ def _save_prediction(path: Path, dec: Decomposition, i: int, fm) -> None:
 
 # -- the run -----------------------------------------------------------------------------
 def run_benchmark(settings: RunSettings) -> Path:
+    if settings.batch_size < 1:
+        raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
+    if settings.limit is not None and settings.limit < 1:
+        raise JoinbenchError(f"--limit must be at least 1, got {settings.limit} (leave it out for the whole split).")
     device = resolve_device(settings.device)
     dataset = create_dataset_for_run(settings.dataset, settings.resolution, settings.seed)
     method = create_method(settings.method, **settings.overrides)
@@ -171,10 +175,6 @@ def run_benchmark(settings: RunSettings) -> Path:
         print(f"{settings.method} on CPU: scoring the first {limit} of {len(dataset)} test images "
               f"(this method's CPU default; pass --limit N to choose, or run on a GPU for the full split)")
     n_total = len(dataset) if limit is None else min(limit, len(dataset))
-    if settings.batch_size < 1:
-        raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
-    if settings.limit is not None and settings.limit < 1:
-        raise JoinbenchError(f"--limit must be at least 1, got {settings.limit} (leave it out for the whole split).")
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
     if run_dir.exists() and not run_dir.is_dir():
@@ -187,32 +187,16 @@ def run_benchmark(settings: RunSettings) -> Path:
         # float32 optimisation results differ in the last bits between batch sizes
         "batch_size": settings.batch_size,
     }
-    id_path = run_dir / "run.json"
-    if id_path.exists():
-        previous = json.loads(id_path.read_text())
-        if json.loads(json.dumps(previous, default=str)) != json.loads(json.dumps(identity, default=str)):
-            diff = [k for k in identity if json.dumps(previous.get(k), default=str) != json.dumps(identity[k], default=str)]
-            raise JoinbenchError(
-                f"{run_dir} holds a different run (differs in {', '.join(diff)}); use a new --out folder or delete it."
-            )
-    else:
-        write_json(id_path, identity)
+    _guard_identity(run_dir, identity)
 
     split_ids = [dataset[i].id for i in range(n_total)]
     grid_ids = split_ids[: settings.grid_images]
     grid_dir = run_dir / ".grid"
     pred_dir = run_dir / "predictions"
     rec_path = run_dir / "records.jsonl"
-    old = read_records(rec_path)
-    done = _finished_ids(old) & set(split_ids)
-    # An image counts as done only with every file this invocation promises for it
-    # (a resumed run may add --save-predictions; a grid image needs its prediction).
-    done = {i for i in done if (not settings.save_predictions or (pred_dir / f"{i}.npz").is_file())
-            and (i not in grid_ids or (grid_dir / f"{i}.npz").is_file())}
-    # Records of other images (e.g. beyond a smaller --limit) stay on disk but are not in this table.
-    kept = [r for r in old if r["id"] in done or (r["id"] not in split_ids and r["id"] in _finished_ids(old))]
-    if rec_path.exists():  # drop a torn last line and records of half-finished or redone images
-        write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    needed_files = lambda i: ([pred_dir / f"{i}.npz"] if settings.save_predictions else []) + (
+        [grid_dir / f"{i}.npz"] if i in grid_ids else [])
+    done = _resume(rec_path, set(split_ids), needed_files)
     todo = n_total - len(done)
     if done:
         print(f"resuming {run_dir}: {len(done)} of {n_total} images already scored, {todo} to go")
@@ -258,6 +242,36 @@ def run_benchmark(settings: RunSettings) -> Path:
     write_atomic(run_dir / "table.md", table)
     _write_grid(run_dir, dataset, grid_ids, components)
     return run_dir
+
+
+def _guard_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Write run.json, or refuse a folder that holds a run with another identity."""
+    id_path = run_dir / "run.json"
+    norm = lambda obj: json.loads(json.dumps(obj, default=str))
+    if not id_path.exists():
+        write_json(id_path, identity)
+        return
+    previous = norm(json.loads(id_path.read_text()))
+    diff = [k for k in identity if previous.get(k) != norm(identity[k])]
+    if diff or set(previous) != set(identity):
+        raise JoinbenchError(
+            f"{run_dir} holds a different run (differs in {', '.join(diff) or 'its fields'}); "
+            "use a new --out folder or delete it."
+        )
+
+
+def _resume(rec_path: Path, split: set[str], needed_files) -> set[str]:
+    """Ids of ``split`` already finished in ``rec_path`` (with every file ``needed_files(id)``
+    promises), after rewriting the file without a torn last line and without the records of
+    half-finished or to-be-redone images. Finished records of images outside ``split``
+    (e.g. beyond a smaller --limit) stay on disk but are not part of this run's table."""
+    old = read_records(rec_path)
+    finished = _finished_ids(old)
+    done = {i for i in finished & split if all(p.is_file() for p in needed_files(i))}
+    kept = [r for r in old if r["id"] in done or (r["id"] in finished and r["id"] not in split)]
+    if rec_path.exists():
+        write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    return done
 
 
 def _decompose(method, batch: Batch) -> Decomposition:
