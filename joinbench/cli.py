@@ -128,7 +128,7 @@ def datasets_preview(
     rows, labels = dataset_rows(ds, n)
     path = out or Path(f"{name.replace(':', '_').replace('/', '_')}-preview.png")
     save_image_atomic(grid_image(rows, labels, cell=max(64, resolution)), path)
-    typer.echo(f"wrote {path} ({len(rows)} samples of {name} at {resolution} px)")
+    typer.echo(f"wrote {path} ({min(n, len(ds))} samples of {name} at {resolution} px)")
 
 
 @datasets_app.command("info")

@@ -62,8 +62,12 @@ def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
 
 
 def dataset_rows(dataset, n: int) -> tuple[list[list[Tensor | None]], list[str]]:
-    """Rows image | albedo | shading | specular (encoded display space) for a preview."""
+    """Rows image | albedo | shading | specular (encoded display space) for a preview; for
+    datasets without ground truth, rows of eight images."""
     fm = dataset.forward_model
+    if not dataset.has_ground_truth:  # real photos: the images alone, several per row
+        images = [dataset[i].image for i in range(min(n, len(dataset)))]
+        return [images[k:k + 8] for k in range(0, len(images), 8)], []
     rows = []
     for i in range(min(n, len(dataset))):
         s = dataset[i]
