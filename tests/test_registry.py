@@ -83,3 +83,20 @@ def test_unknown_prefix_with_long_path_still_suggests():
     reg.register("folder", lambda path: path, prefix=True)
     with pytest.raises(UnknownNameError, match="Did you mean 'folder:PATH'"):
         reg.create("fodler:/home/user/photos/with/a/long/path")
+
+
+def test_cli_datasets_preview_info_export(tmp_path):
+    out = _cli("datasets", "preview", "faces", "--n", "2", "--resolution", "16", "--out", str(tmp_path / "p.png"))
+    assert out.returncode == 0, out.stderr
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "p.png").size
+    assert w > 4 * 64 and h > 2 * 64  # image | albedo | shading | specular | mask, two rows
+    out = _cli("datasets", "info", "materials-shift")
+    assert out.returncode == 0 and "has_ground_truth: True" in out.stdout and "materials-shift" in out.stdout
+    out = _cli("datasets", "export", "materials", "--out", str(tmp_path / "e"), "--limit", "2", "--resolution", "16")
+    assert out.returncode == 0 and "exported 2 samples" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "albedo", "dataset.json", "linear", "materials-00000.png", "materials-00001.png", "shading", "specular"]
+    out = _cli("datasets", "export", "materials", "--out", str(tmp_path / "e2"), "--limit", "0")
+    assert out.returncode == 2 and "--limit must be at least 1" in out.stderr
