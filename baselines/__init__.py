@@ -5,7 +5,7 @@ package registers every baseline.
 """
 import importlib as _importlib
 
-for _mod in ("trivial", "retinex"):
+for _mod in ("trivial", "retinex", "unet"):
     try:
         _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _exc:

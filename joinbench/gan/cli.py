@@ -12,13 +12,13 @@ import typer
 
 from ..errors import JoinbenchError
 
-train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models (GAN priors).")
+train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models (GAN priors, the U-Net baseline).")
 priors_app = typer.Typer(no_args_is_help=True, help="Inspect, sample and evaluate GAN priors.")
 
 
 @train_app.callback()
 def _train_root() -> None:
-    """Train joinbench's own models (GAN priors)."""
+    """Train joinbench's own models (GAN priors, the U-Net baseline)."""
 
 
 @priors_app.callback()
@@ -57,6 +57,49 @@ def train_prior_cmd(
     for name in cfg.model_names():
         typer.echo(f"exported {folder / f'{dataset}-{name}'}-G.safetensors, -D.safetensors, .json")
     typer.echo(f"to ship: copy those files into joinbench/weights/, then `joinbench priors eval --dataset {dataset} --component {component}`")
+
+
+@train_app.command("unet")
+def train_unet_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    kimg: float = typer.Option(1000.0, "--kimg", help="training length in thousands of images"),
+    batch: int = typer.Option(32, "--batch", "-b", help="images per step"),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/unet/<dataset>-<resolution>)"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: stop and export after this many minutes"),
+    lpips_weight: float = typer.Option(1.0, "--lpips-weight", help="weight of LPIPS-Alex per component (0: L1 + re-render only)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the weights and the data stream"),
+    width: int = typer.Option(16, "--width", help="base width of the U-Net (channels double per level)"),
+    levels: int = typer.Option(4, "--levels", help="U-Net resolution levels"),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay to 5%)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Train the supervised U-Net baseline; exports <dataset>-unet.safetensors (fp16) + <dataset>-unet.json.
+
+    Example: joinbench train unet --dataset materials --kimg 1000
+    """
+    import json
+
+    from joinbench.baselines.unet import (
+        UNet,
+        UNetTrainConfig,
+        count_parameters,
+        train_unet,
+    )
+
+    cfg = UNetTrainConfig(dataset=dataset, kimg=kimg, batch=batch, resolution=resolution, base_width=width,
+                          levels=levels, lr=lr, lpips_weight=lpips_weight, seed=seed, device=device,
+                          out=str(out) if out is not None else None, minutes=minutes, progress=not quiet)
+    n = count_parameters(UNet(cfg.net_config()))
+    typer.echo(f"U-Net width {width}, {levels} levels: {n:,} parameters, {2 * n / 1e6:.2f} MB as float16")
+    path = train_unet(cfg)
+    sidecar = path.with_suffix(".json")
+    info = json.loads(sidecar.read_text())
+    typer.echo(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB) and {sidecar.name}: "
+               f"{info['images_seen']:,} images in {info['wall_time_s']:.0f} s "
+               f"({info['throughput_images_per_s']:.1f} img/s), final loss {info['final_losses'].get('loss', float('nan')):.4f}")
+    typer.echo(f"to ship: copy both files into joinbench/weights/, then `joinbench run --method unet --dataset {dataset}`")
 
 
 def _fmt(x, digits: int = 2) -> str:

@@ -1,0 +1,496 @@
+"""``unet``: a compact supervised U-Net, display image -> encoded albedo | shading | specular.
+
+The feed-forward baseline: one small U-Net (``levels`` resolutions, widths ``base_width *
+2**i``, two 3x3 conv + GroupNorm + SiLU per block, max-pool down, bilinear up + 3x3 conv)
+maps the display image to 9 channels, sigmoid, read as the *encoded* components (albedo
+sRGB-encoded, shading and specular Reinhard-encoded, the spaces of
+:class:`joinbench.forward.ForwardModel`). ``decompose`` decodes them to linear with
+``forward_model.decode(c, enc, clip=True)``.
+
+Training (``joinbench train unet --dataset materials``, or :meth:`UNetMethod.fit`) is
+supervised on the same procedural training stream the GAN priors see. Loss per step::
+
+    sum_c [ L1(pred_c, enc(gt_c)) + lpips_weight * LPIPS-Alex(pred_c, enc(gt_c)) ]
+        + render_weight * L1(render(decode(pred)), image)
+
+Adam (lr 2e-3) with a cosine decay to 5% over the run (the run's progress is the larger of
+images seen / ``kimg`` and elapsed / ``--minutes``, so a time-boxed run still anneals).
+Seeded: the weights from ``torch.manual_seed(seed)``, the stream from ``seed``.
+
+Export: ``<dataset>-unet.safetensors`` (float16) and the sidecar ``<dataset>-unet.json``
+(network config, resolution, forward model, sha256, images seen, wall time, device,
+commit, versions, final losses). The method loads ``joinbench/weights/<dataset>-unet.*``
+by default (``--set weights_path=FILE`` for another export), lazily on the first ``.to()``
+or ``decompose``, checking the hash and every tensor shape. Inputs at another size are
+resized (bilinear, antialiased) to the training resolution and the outputs resized back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from joinbench.errors import JoinbenchError
+from joinbench.forward import COMPONENTS, ForwardModel
+from joinbench.method import Method, MethodConfig
+from joinbench.registry import register_method
+from joinbench.types import Decomposition
+
+FORMAT = "joinbench-unet"
+OUT_CHANNELS = 9  # albedo | shading | specular, encoded, in [0, 1]
+
+
+class UNetWeightsError(JoinbenchError):
+    """U-Net weights that are missing, corrupt or do not fit their sidecar."""
+
+
+# ---------------------------------------------------------------------------------------
+# the network
+# ---------------------------------------------------------------------------------------
+@dataclass
+class UNetConfig:
+    base_width: int = 16
+    levels: int = 4
+    in_channels: int = 3
+    out_channels: int = OUT_CHANNELS
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        return cls(**{f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
+
+
+def _groups(ch: int) -> int:
+    for g in (8, 4, 2):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(_groups(cout), cout), nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(_groups(cout), cout), nn.SiLU(),
+        )
+
+
+class UNet(nn.Module):
+    """(B, 3, H, W) display image in [0, 1] -> (B, 9, H, W) encoded components in [0, 1].
+
+    H and W must be divisible by ``2 ** (levels - 1)``."""
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        cfg = config or UNetConfig()
+        if cfg.levels < 1 or cfg.base_width < 1:
+            raise JoinbenchError(f"U-Net needs levels >= 1 and base_width >= 1 (got {cfg.levels}, {cfg.base_width}).")
+        self.config = cfg
+        widths = [cfg.base_width * 2 ** i for i in range(cfg.levels)]
+        self.down = nn.ModuleList()
+        cin = cfg.in_channels
+        for w in widths:
+            self.down.append(_Block(cin, w))
+            cin = w
+        self.up_conv = nn.ModuleList()
+        self.up_block = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up_conv.append(nn.Conv2d(cin, w, 3, padding=1))
+            self.up_block.append(_Block(2 * w, w))
+            cin = w
+        self.head = nn.Conv2d(cin, cfg.out_channels, 1)
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (self.config.levels - 1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = image * 2.0 - 1.0
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for conv, block, skip in zip(self.up_conv, self.up_block, reversed(skips[:-1])):
+            x = conv(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
+            x = block(torch.cat([x, skip], dim=1))
+        return torch.sigmoid(self.head(x))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def split_components(out: Tensor) -> dict[str, Tensor]:
+    """(B, 9, H, W) -> {albedo, shading, specular: (B, 3, H, W)}."""
+    return dict(zip(COMPONENTS, out.split(3, dim=1)))
+
+
+# ---------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------
+@dataclass
+class UNetTrainConfig:
+    dataset: str = "materials"
+    kimg: float = 1000.0
+    batch: int = 32
+    resolution: int = 64
+    base_width: int = 16
+    levels: int = 4
+    lr: float = 2e-3
+    lr_final: float = 0.05  # cosine decay to lr * lr_final at the end of the run
+    lpips_weight: float = 1.0
+    render_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # None: runs/unet/<dataset>-<resolution>
+    minutes: float | None = None
+    progress: bool = True
+
+    def net_config(self) -> UNetConfig:
+        return UNetConfig(base_width=self.base_width, levels=self.levels)
+
+    def check(self) -> None:
+        if self.batch < 1 or self.kimg <= 0:
+            raise JoinbenchError(f"--batch must be >= 1 and --kimg > 0 (got batch {self.batch}, kimg {self.kimg}).")
+        if self.lpips_weight < 0 or self.render_weight < 0:
+            raise JoinbenchError("--lpips-weight and the render weight must be >= 0.")
+        if self.resolution % 2 ** (self.levels - 1):
+            raise JoinbenchError(f"--resolution {self.resolution} is not divisible by 2^(levels-1) = "
+                                 f"{2 ** (self.levels - 1)}; use fewer --levels or another resolution.")
+
+
+class UNetTrainer:
+    """The U-Net, its optimiser and the loss; ``step(batch)`` takes one stream batch."""
+
+    def __init__(self, cfg: UNetTrainConfig, device: torch.device | str, forward_model: ForwardModel):
+        self.cfg, self.device, self.fm = cfg, torch.device(device), forward_model
+        with torch.random.fork_rng(devices=[]):  # the same initial weights on every device
+            torch.manual_seed(int(cfg.seed))
+            self.net = UNet(cfg.net_config())
+        self.net.to(self.device).train()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.lpips = None
+        if cfg.lpips_weight > 0:
+            from joinbench.lpips_weights import lpips_model
+
+            self.lpips = lpips_model("alex", self.device)
+
+    def set_progress(self, progress: float) -> float:
+        """Cosine decay from lr to lr * lr_final as ``progress`` goes 0 -> 1; returns the lr."""
+        p = min(max(progress, 0.0), 1.0)
+        f = self.cfg.lr_final + (1.0 - self.cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * p))
+        lr = self.cfg.lr * f
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        fm, cfg = self.fm, self.cfg
+        image = batch["image"].to(self.device, torch.float32)
+        pred = split_components(self.net(image))
+        comps = [c for c in fm.components if c in batch]
+        targets = {c: fm.encode(c, batch[c].to(self.device, torch.float32)) for c in comps}
+        terms: dict[str, Tensor] = {}
+        for c in comps:
+            terms[f"l1_{c}"] = (pred[c] - targets[c]).abs().mean()
+        if self.lpips is not None:
+            p = torch.cat([pred[c] for c in comps])
+            t = torch.cat([targets[c] for c in comps])
+            per = self.lpips(p, t, normalize=True).flatten().view(len(comps), -1).mean(dim=1)
+            for c, v in zip(comps, per):
+                terms[f"lpips_{c}"] = v
+        if cfg.render_weight > 0:
+            rerender = fm.render_encoded(pred, clip=True)
+            terms["render"] = (rerender - image).abs().mean()
+        total = sum(v * (cfg.lpips_weight if k.startswith("lpips_") else cfg.render_weight if k == "render" else 1.0)
+                    for k, v in terms.items())
+        return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        self.net.train()
+        loss, terms = self.losses(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return terms
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        self.net.eval()
+        return self.losses(batch)[1]
+
+
+def export_unet(out: Path, dataset: str, net: UNet, resolution: int, forward_model: str,
+                info: dict[str, Any]) -> Path:
+    """Write ``<dataset>-unet.safetensors`` (float16) and the sidecar; returns the weights path."""
+    from safetensors.torch import save
+
+    from joinbench.env import sha256_file, write_atomic, write_json
+
+    stem = f"{dataset}-unet"
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in net.state_dict().items()}
+    meta = {"format": FORMAT, "dataset": dataset, "dtype": "float16"}
+    path = write_atomic(Path(out) / f"{stem}.safetensors", save(tensors, metadata=meta))
+    sidecar = {
+        "format": FORMAT, "version": 1, "dataset": dataset, "dtype": "float16",
+        "network": net.config.to_dict(), "resolution": int(resolution), "forward_model": forward_model,
+        "channels": list(COMPONENTS),
+        "output": "sigmoid outputs in [0, 1]: encoded albedo | shading | specular (forward model encodings)",
+        "params": count_parameters(net), "size_bytes": path.stat().st_size,
+        "file": path.name, "sha256": sha256_file(path), **info,
+    }
+    write_json(Path(out) / f"{stem}.json", sidecar)
+    return path
+
+
+def train_unet(cfg: UNetTrainConfig) -> Path:
+    """Train the U-Net of ``cfg.dataset`` on its procedural stream and export it; returns the
+    exported ``.safetensors`` path (the sidecar is beside it)."""
+    from tqdm import tqdm
+
+    from joinbench.env import (
+        device_name,
+        git_commit,
+        resolve_device,
+        synchronize,
+        versions,
+    )
+    from joinbench.gan.train import TrainStream, create_training_dataset
+
+    cfg.check()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out) if cfg.out else Path("runs") / "unet" / f"{cfg.dataset}-{cfg.resolution}"
+    ds = create_training_dataset(cfg.dataset, cfg.resolution)
+    fm = ds.forward_model
+    trainer = UNetTrainer(cfg, device, fm)
+    stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution)
+    total = round(cfg.kimg * 1000)
+    budget = None if cfg.minutes is None else 60.0 * cfg.minutes
+    nimg, step, recent = 0, 0, []
+    first_losses: dict[str, float] | None = None
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="img", unit_scale=True, disable=not cfg.progress,
+               desc=f"{cfg.dataset}/unet", dynamic_ncols=True)
+    try:
+        while nimg < total:
+            elapsed = time.perf_counter() - start
+            if budget is not None and elapsed >= budget:
+                break
+            trainer.set_progress(max(nimg / total, elapsed / budget if budget else 0.0))
+            terms = trainer.step(next(stream))
+            first_losses = first_losses or terms
+            recent = (recent + [terms])[-20:]
+            nimg, step = nimg + cfg.batch, step + 1
+            bar.update(min(cfg.batch, total - (nimg - cfg.batch)))
+            if step % 5 == 0 or nimg >= total:
+                rate = nimg / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{rate:.1f} img/s loss {terms['loss']:.4f}")
+    finally:
+        bar.close()
+    synchronize(device)
+    wall = time.perf_counter() - start
+    final = {k: round(sum(t[k] for t in recent) / len(recent), 6) for k in recent[0]} if recent else {}
+    info = {
+        "images_seen": nimg, "kimg": nimg / 1000, "steps": step, "wall_time_s": round(wall, 1),
+        "throughput_images_per_s": round(nimg / max(wall, 1e-9), 2),
+        "device": device_name(device), "commit": git_commit(), "versions": versions(),
+        "encoding": fm.describe(),
+        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "progress")},
+        "final_losses": final, "final_losses_over_steps": len(recent),
+        "first_losses": {k: round(v, 6) for k, v in (first_losses or {}).items()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return export_unet(out, cfg.dataset, trainer.net.eval(), cfg.resolution, fm.name, info)
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------
+def shipped_weights_dir() -> Path:
+    import joinbench
+
+    return Path(joinbench.__file__).resolve().parent / "weights"
+
+
+def weights_file(dataset: str, path: str | Path | None = None) -> Path:
+    """The ``.safetensors`` of ``dataset``'s U-Net: ``path`` (file, sidecar or folder) or the shipped one."""
+    if path in (None, "", "none", "None"):
+        return shipped_weights_dir() / f"{dataset}-unet.safetensors"
+    p = Path(path).expanduser()
+    if p.suffix == ".json":
+        return p.with_suffix(".safetensors")
+    if p.is_dir():
+        return p / f"{dataset}-unet.safetensors"
+    return p
+
+
+def load_unet(file: Path, dataset: str, device: torch.device | str = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """Load and verify an exported U-Net (sha256, keys, shapes); float32, eval, no grad."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from joinbench.env import sha256_file
+
+    how = f"train it with `joinbench train unet --dataset {dataset}` and pass --set weights_path=FILE"
+    sidecar = file.with_suffix(".json")
+    if not file.is_file():
+        raise UNetWeightsError(f"No {dataset} U-Net weights: {file} does not exist; {how}.")
+    if not sidecar.is_file():
+        raise UNetWeightsError(f"{file}: its sidecar {sidecar.name} is missing; re-export with `joinbench train unet --dataset {dataset}`.")
+    try:
+        sc = json.loads(sidecar.read_text())
+        if not isinstance(sc, dict) or sc.get("format") != FORMAT:
+            raise ValueError(f"format {FORMAT!r} expected")
+        net_cfg = UNetConfig.from_dict(sc["network"])
+        expected_sha = sc["sha256"]
+        resolution = int(sc["resolution"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UNetWeightsError(f"{sidecar}: not a usable joinbench U-Net sidecar ({type(exc).__name__}: {exc}); "
+                               f"re-export with `joinbench train unet --dataset {dataset}`.") from None
+    found = sha256_file(file)
+    if found != expected_sha:
+        raise UNetWeightsError(f"{file}: sha256 {found} does not match {expected_sha} recorded in {sidecar.name}; "
+                               "the file is corrupt or belongs to another export: re-export it.")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UNetWeightsError(f"{file}: unreadable safetensors file ({exc}).") from None
+    with torch.random.fork_rng(devices=[]):
+        net = UNet(net_cfg)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UNetWeightsError(f"{file}: tensors do not fit the network in {sidecar.name} ({what}).")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise UNetWeightsError(f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)} "
+                                   f"from the network in {sidecar.name}.")
+    net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    sc["resolution"] = resolution
+    return net.to(device).eval().requires_grad_(False), sc
+
+
+# ---------------------------------------------------------------------------------------
+# the method
+# ---------------------------------------------------------------------------------------
+@dataclass
+class UNetMethodConfig(MethodConfig):
+    weights_path: str | None = None  # None: the shipped joinbench/weights/<dataset>-unet.safetensors
+    dataset: str = "materials"  # whose weights (and, for fit, whose training stream)
+    # used by fit(); a loaded export's network comes from its sidecar
+    base_width: int = 16
+    levels: int = 4
+    resolution: int = 64
+    lpips_weight: float = 1.0
+    render_weight: float = 1.0
+    lr: float = 2e-3
+    batch: int = 32
+    seed: int = 0
+
+
+class UNetMethod(Method):
+    """Feed-forward U-Net: one forward pass per batch."""
+
+    Config = UNetMethodConfig
+    trains = True
+
+    def __init__(self, config: UNetMethodConfig | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self._net: UNet | None = None
+        self._sidecar: dict[str, Any] = {}
+
+    def bind_dataset(self, dataset, overridden: set[str]) -> None:
+        """Use the weights of the dataset's domain (``faces-shift`` -> ``faces``) unless
+        ``dataset`` was set explicitly."""
+        if "dataset" in overridden:
+            return
+        name = dataset if isinstance(dataset, str) else dataset.name
+        for domain in ("faces", "materials"):
+            if domain in name.split(":")[0]:
+                if domain != self.config.dataset:
+                    self.config = dataclasses.replace(self.config, dataset=domain)
+                    self._net = None
+                return
+
+    def to(self, device: torch.device | str) -> UNetMethod:
+        super().to(device)
+        self.load()
+        return self
+
+    def load(self) -> UNet:
+        if self._net is not None and next(self._net.parameters()).device == self.device:
+            return self._net
+        file = weights_file(self.config.dataset, self.config.weights_path)
+        self._net, self._sidecar = load_unet(file, self.config.dataset, self.device)
+        trained_fm = self._sidecar.get("forward_model")
+        if trained_fm and trained_fm != self.config.forward_model:
+            raise UNetWeightsError(f"{file} was trained under forward model {trained_fm!r}, not "
+                                   f"{self.config.forward_model!r}; use --set forward_model={trained_fm}.")
+        return self._net
+
+    def fit(self, kimg: float = 1000.0, out: str | Path | None = None, device: str = "auto",
+            minutes: float | None = None, progress: bool = True) -> Path:
+        """Train on ``config.dataset``'s stream, export to ``out`` and use the new weights."""
+        c = self.config
+        cfg = UNetTrainConfig(dataset=c.dataset, kimg=kimg, batch=c.batch, resolution=c.resolution,
+                              base_width=c.base_width, levels=c.levels, lr=c.lr, lpips_weight=c.lpips_weight,
+                              render_weight=c.render_weight, seed=c.seed, device=device,
+                              out=str(out) if out is not None else None, minutes=minutes, progress=progress)
+        path = train_unet(cfg)
+        self.config = dataclasses.replace(c, weights_path=str(path))
+        self._net = None
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self._sidecar:
+            d["weights"] = {k: self._sidecar.get(k) for k in ("file", "sha256", "network", "resolution",
+                                                                 "images_seen", "params", "commit")}
+        return d
+
+    @torch.no_grad()
+    def decompose(self, images: Tensor) -> Decomposition:
+        start = time.perf_counter()
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise JoinbenchError(f"unet expects (B, 3, H, W) images, got {tuple(images.shape)}.")
+        net = self.load()
+        fm = self.forward_model
+        h, w = images.shape[-2:]
+        r = int(self._sidecar["resolution"])
+        x = images.detach().to(self.device, torch.float32)
+        resized = (h, w) != (r, r)
+        if resized:
+            x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+        enc = net(x.clamp(0.0, 1.0))
+        if resized:
+            enc = F.interpolate(enc, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp(0.0, 1.0)
+        parts = split_components(enc)
+        lin = {c: fm.decode(c, parts[c], clip=True).to(images.device) for c in fm.components}
+        extras = {"resized": {"from": (int(h), int(w)), "to": (r, r)}} if resized else {}
+        return Decomposition(lin["albedo"], lin["shading"], lin.get("specular"), fm,
+                             timings={"total": time.perf_counter() - start},
+                             errors=[None] * images.shape[0], extras=extras)
+
+
+register_method(
+    "unet", UNetMethod,
+    description="feed-forward: compact U-Net (image -> encoded albedo/shading/specular), supervised on the procedural stream",
+)
+
+__all__ = ["UNet", "UNetConfig", "UNetMethod", "UNetMethodConfig", "UNetTrainConfig", "UNetTrainer",
+           "UNetWeightsError", "count_parameters", "export_unet", "load_unet", "train_unet", "weights_file"]
