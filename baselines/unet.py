@@ -339,10 +339,7 @@ def weights_file(dataset: str, path: str | Path | None = None) -> Path:
 
 def load_unet(file: Path, dataset: str, device: torch.device | str = "cpu") -> tuple[UNet, dict[str, Any]]:
     """Load and verify an exported U-Net (sha256, keys, shapes); float32, eval, no grad."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from joinbench.env import sha256_file
+    from joinbench.weights_io import load_checked
 
     how = f"train it with `joinbench train unet --dataset {dataset}` and pass --set weights_path=FILE"
     sidecar = file.with_suffix(".json")
@@ -360,27 +357,9 @@ def load_unet(file: Path, dataset: str, device: torch.device | str = "cpu") -> t
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise UNetWeightsError(f"{sidecar}: not a usable joinbench U-Net sidecar ({type(exc).__name__}: {exc}); "
                                f"re-export with `joinbench train unet --dataset {dataset}`.") from None
-    found = sha256_file(file)
-    if found != expected_sha:
-        raise UNetWeightsError(f"{file}: sha256 {found} does not match {expected_sha} recorded in {sidecar.name}; "
-                               "the file is corrupt or belongs to another export: re-export it.")
-    try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UNetWeightsError(f"{file}: unreadable safetensors file ({exc}).") from None
     with torch.random.fork_rng(devices=[]):
         net = UNet(net_cfg)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
-    if missing or extra:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise UNetWeightsError(f"{file}: tensors do not fit the network in {sidecar.name} ({what}).")
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise UNetWeightsError(f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)} "
-                                   f"from the network in {sidecar.name}.")
-    net.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    load_checked(net, file, expected_sha, sidecar, UNetWeightsError, how)
     sc["resolution"] = resolution
     return net.to(device).eval().requires_grad_(False), sc
 

@@ -25,9 +25,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..env import sha256_file
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS
+from ..weights_io import load_checked
 from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .train import FORMAT, export_stem, to_display
 
@@ -81,32 +81,9 @@ def read_sidecar(path: Path, dataset: str, component: str) -> dict[str, Any]:
 
 def _load_checked(module: torch.nn.Module, file: Path, expected_sha: str | None, sidecar: Path,
                   dataset: str, component: str) -> None:
-    """Hash check, then key and shape checks, then load (upcast to float32)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise PriorError(f"No {dataset} {component} GAN prior: {file} (named in {sidecar}) does not exist; "
-                         f"{_how_to_get(dataset, component)}.")
-    found = sha256_file(file)
-    if expected_sha != found:
-        raise PriorError(f"{file}: sha256 {found} does not match {expected_sha} recorded in {sidecar.name}; "
-                         "the file is corrupt or belongs to another export: re-export or re-download it.")
-    try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PriorError(f"{file}: unreadable safetensors file ({exc}).") from None
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
-    if missing or extra:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise PriorError(f"{file}: tensors do not fit the config in {sidecar.name} ({what}{' ...' if len(missing or extra) > 3 else ''}).")
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise PriorError(f"{file}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)} "
-                             f"from the config in {sidecar.name}.")
-    module.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    """Hash, key and shape checks, then load (see :func:`joinbench.weights_io.load_checked`)."""
+    load_checked(module, file, expected_sha, sidecar, PriorError,
+                 f"it is the {dataset} {component} GAN prior named in {sidecar}: {_how_to_get(dataset, component)}")
 
 
 @dataclass
