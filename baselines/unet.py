@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from joinbench.errors import JoinbenchError
 from joinbench.forward import COMPONENTS, ForwardModel
-from joinbench.method import Method, MethodConfig
+from joinbench.method import Method, MethodConfig, dataset_domain
 from joinbench.registry import register_method
 from joinbench.types import Decomposition
 
@@ -396,15 +396,10 @@ class UNetMethod(Method):
     def bind_dataset(self, dataset, overridden: set[str]) -> None:
         """Use the weights of the dataset's domain (``faces-shift`` -> ``faces``) unless
         ``dataset`` was set explicitly."""
-        if "dataset" in overridden:
-            return
-        name = dataset if isinstance(dataset, str) else dataset.name
-        for domain in ("faces", "materials"):
-            if domain in name.split(":")[0]:
-                if domain != self.config.dataset:
-                    self.config = dataclasses.replace(self.config, dataset=domain)
-                    self._net = None
-                return
+        domain = dataset_domain(dataset)
+        if "dataset" not in overridden and domain not in (None, self.config.dataset):
+            self.config = dataclasses.replace(self.config, dataset=domain)
+            self._net = None
 
     def to(self, device: torch.device | str) -> UNetMethod:
         super().to(device)

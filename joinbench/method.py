@@ -58,6 +58,17 @@ class Method:
                 "config": dataclasses.asdict(self.config)}
 
 
+DOMAINS = ("faces", "materials")
+
+
+def dataset_domain(dataset: Any) -> str | None:
+    """The domain whose trained weights suit a dataset (a Dataset or its name):
+    ``faces-shift`` and ``real-faces`` -> ``faces``; None for e.g. ``folder:PATH``."""
+    name = dataset if isinstance(dataset, str) else getattr(dataset, "name", "")
+    head = name.split(":")[0]
+    return next((d for d in DOMAINS if d in head), None)
+
+
 def _coerce(value: Any, current: Any, key: str) -> Any:
     """Convert a ``--set`` string to the type of the field it overrides."""
     if not isinstance(value, str) or isinstance(current, str) or current is None:

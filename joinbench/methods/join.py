@@ -44,7 +44,7 @@ from ..errors import JoinbenchError
 from ..join.losses import PERCEPTUAL_LOSSES
 from ..join.regularisers import REGULARISERS
 from ..join.stage1 import DTYPES, JointInverter, Stage1Config
-from ..method import Method, MethodConfig
+from ..method import Method, MethodConfig, dataset_domain
 from ..registry import register_method
 from ..types import Decomposition
 
@@ -109,15 +109,10 @@ class JoinStage1(Method):
         """Invert the GAN bank of the dataset's domain (``faces-shift`` -> ``faces``,
         ``real-materials`` -> ``materials``) unless ``prior`` was set explicitly.
         ``dataset`` is a Dataset or its registry name."""
-        if "prior" in overridden:
-            return
-        name = dataset if isinstance(dataset, str) else dataset.name
-        for domain in ("faces", "materials"):
-            if domain in name.split(":")[0]:
-                if domain != self.config.prior:
-                    self.config = dataclasses.replace(self.config, prior=domain)
-                    self._inverter = None
-                return
+        domain = dataset_domain(dataset)
+        if "prior" not in overridden and domain not in (None, self.config.prior):
+            self.config = dataclasses.replace(self.config, prior=domain)
+            self._inverter = None
 
     # -- hook for encoder-guided initialisation ---------------------------------------------
     def init_latents(self, images: Tensor) -> dict[str, Tensor] | None:
