@@ -54,6 +54,8 @@ def test_regular_install_maps_namespaces(tmp_path):
     assert (target / "joinbench" / "datasets" / "__init__.py").exists()
     assert (target / "joinbench" / "baselines" / "__init__.py").exists()
     assert not (target / "datasets").exists() and not (target / "baselines").exists()
+    shipped = sorted(p.name for p in (REPO / "joinbench" / "weights").glob("*.safetensors"))
+    assert shipped and all((target / "joinbench" / "weights" / name).is_file() for name in shipped)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import joinbench.datasets, joinbench.baselines, joinbench.cli, importlib.util, pkgutil;"
