@@ -371,15 +371,15 @@ def load_unet(file: Path, dataset: str, device: torch.device | str = "cpu") -> t
 class UNetMethodConfig(MethodConfig):
     weights_path: str | None = None  # None: the shipped joinbench/weights/<dataset>-unet.safetensors
     dataset: str = "materials"  # whose weights (and, for fit, whose training stream)
-    # used by fit(); a loaded export's network comes from its sidecar
-    base_width: int = 16
-    levels: int = 4
-    resolution: int = 64
-    lpips_weight: float = 1.0
-    render_weight: float = 1.0
-    lr: float = 2e-3
-    batch: int = 32
-    seed: int = 0
+    # used by fit() (defaults: UNetTrainConfig's); a loaded export's network comes from its sidecar
+    base_width: int = UNetTrainConfig.base_width
+    levels: int = UNetTrainConfig.levels
+    resolution: int = UNetTrainConfig.resolution
+    lpips_weight: float = UNetTrainConfig.lpips_weight
+    render_weight: float = UNetTrainConfig.render_weight
+    lr: float = UNetTrainConfig.lr
+    batch: int = UNetTrainConfig.batch
+    seed: int = UNetTrainConfig.seed
 
 
 class UNetMethod(Method):

@@ -87,12 +87,13 @@ class TrainConfig(ConfigDict):
     snapshot_kimg: float = 100.0
     log_kimg: float = 4.0
     out: str | None = None  # None: runs/priors/<dataset>-<component>-<resolution>
-    z_dim: int = 128
-    w_dim: int = 128
-    mapping_layers: int = 2
-    channel_base: int = 8192
-    channel_max: int = 64
-    mbstd_group_size: int = 4
+    # network defaults come from the model configs, so the two cannot drift apart
+    z_dim: int = GeneratorConfig.z_dim
+    w_dim: int = GeneratorConfig.w_dim
+    mapping_layers: int = GeneratorConfig.mapping_layers
+    channel_base: int = GeneratorConfig.channel_base
+    channel_max: int = GeneratorConfig.channel_max
+    mbstd_group_size: int = DiscriminatorConfig.mbstd_group_size
     forward_model: str | None = None  # None: the dataset's own
     grid_size: int = 32
     progress: bool = True
