@@ -70,15 +70,18 @@ class Dataset(ABC):
         """Ground-truth components this dataset provides (empty without ground truth)."""
         return self.forward_model.components if self.has_ground_truth else ()
 
+    def sample_id(self, index: int) -> str:
+        """The id of sample ``index``; subclasses answer without rendering or reading it."""
+        return self[index].id
+
     def batches(self, batch_size: int = 16, limit: int | None = None, skip: set[str] | None = None) -> Iterator[Batch]:
         """Iterate the split in order as batches, leaving out ids in ``skip``."""
         n = len(self) if limit is None else min(limit, len(self))
         pending: list[Sample] = []
         for i in range(n):
-            sample = self[i]
-            if skip and sample.id in skip:
+            if skip and self.sample_id(i) in skip:  # decided before the sample is loaded
                 continue
-            pending.append(sample)
+            pending.append(self[i])
             if len(pending) == batch_size:
                 yield Batch.collate(pending)
                 pending = []
@@ -155,7 +158,7 @@ class ProceduralDataset(Dataset):
         out = self.render_batch_at(self.test_seeds(idx), "cpu")
         for j, i in enumerate(idx):
             self._cache[i] = Sample(
-                id=f"{self.name}-{i:05d}",
+                id=self.sample_id(i),
                 image=out["image"][j],
                 albedo=out["albedo"][j],
                 shading=out["shading"][j],
@@ -173,6 +176,9 @@ class ProceduralDataset(Dataset):
 
     def __len__(self) -> int:
         return self.size
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}-{self._position(index):05d}"
 
     def __getitem__(self, index: int) -> Sample:
         index = self._position(index, "test images")

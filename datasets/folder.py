@@ -146,6 +146,9 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_id(self, index: int) -> str:
+        return self.items[self._position(index)].id
+
     def _require_all(self, items: list[_Item], found: dict[str, dict[str, Path]], where: dict[str, str],
                      fix: str) -> None:
         """Layers found for any item must be found for every item: fill ``items``' layers or raise."""

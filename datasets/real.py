@@ -164,6 +164,9 @@ class RealPhotoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.crops)
 
+    def sample_id(self, index: int) -> str:
+        return self.crops[self._position(index)].id
+
     def __getitem__(self, index: int) -> Sample:
         index = self._position(index)
         if index not in self._cache:

@@ -189,7 +189,7 @@ def run_benchmark(settings: RunSettings) -> Path:
     }
     _guard_identity(run_dir, identity)
 
-    split_ids = [dataset[i].id for i in range(n_total)]
+    split_ids = [dataset.sample_id(i) for i in range(n_total)]
     grid_ids = split_ids[: settings.grid_images]
     grid_dir = run_dir / ".grid"
     pred_dir = run_dir / "predictions"

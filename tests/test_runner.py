@@ -257,3 +257,16 @@ def test_saturated_png_prediction_decodes_finitely():
     lin = fm.decode_stored("shading", torch.tensor([250 / 255, 1.0]))
     assert lin.max().item() == pytest.approx(0.99 / (4 * 0.01), rel=1e-4)
     assert fm.decode_stored("albedo", torch.tensor([1.0])).item() == pytest.approx(1.0)
+
+
+def test_sample_ids_are_known_without_loading(tmp_path):
+    """Resume skips finished images by id before loading them: sample_id must agree with
+    the loaded sample for every kind of dataset."""
+    from joinbench.export import export_dataset
+    from joinbench.runner import create_dataset_for_run
+
+    export_dataset(create_dataset_for_run("faces", 16, 0), tmp_path / "f", limit=3, progress=False)
+    for name in ("materials-shift", "real-faces", f"folder:{tmp_path / 'f'}"):
+        ds = create_dataset_for_run(name, 16, 0)
+        n = min(len(ds), 3)
+        assert [ds.sample_id(i) for i in range(n)] == [ds[i].id for i in range(n)], name
