@@ -364,3 +364,32 @@ def test_time_budget_stops_exports_and_resumes(tmp_path):
     a = load_file(str(straight / "checkpoint" / "models.safetensors"))
     b = load_file(str(resumed / "checkpoint" / "models.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_stream_chunks_yield_the_same_batches_and_resume_inside_a_chunk():
+    ds = create_training_dataset("materials", 16)
+    plain, chunked = TrainStream(ds, 2, "cpu", 3, 16), TrainStream(ds, 2, "cpu", 3, 16, chunk=3)
+    keys = ("albedo", "shading", "specular", "image")
+    for i in range(4):
+        a, b = next(plain), next(chunked)
+        assert all(torch.equal(a[k], b[k]) for k in keys), i
+    state = chunked.state()  # 4 batches = one full chunk + 1 batch into the second
+    assert state["offset"] == 2 and state["batches"] == 4
+    expect = [next(chunked) for _ in range(3)]
+    for chunk in (3, 1, 5):  # resume with the same or another chunk size
+        again = TrainStream(ds, 2, "cpu", 0, 16, chunk=chunk)
+        again.load_state(state)
+        for want in expect:
+            got = next(again)
+            assert all(torch.equal(got[k], want[k]) for k in keys), chunk
+    assert next(plain)["image"].shape == (2, 3, 16, 16)
+
+
+def test_exact_resume_with_render_chunks(tmp_path):
+    straight = train_prior(tiny_train_cfg(tmp_path / "a", component="albedo", render_chunk=12))
+    train_prior(tiny_train_cfg(tmp_path / "b", component="albedo", render_chunk=12, kimg=0.008))
+    resumed = train_prior(tiny_train_cfg(tmp_path / "b", component="albedo", render_chunk=12), resume=True)
+    a = load_file(str(straight / "checkpoint" / "models.safetensors"))
+    b = load_file(str(resumed / "checkpoint" / "models.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -42,6 +42,7 @@ def train_prior_cmd(
     snapshot_kimg: float = typer.Option(100.0, "--snapshot-kimg", help="checkpoint and sample grid every N kimg"),
     log_kimg: float = typer.Option(4.0, "--log-kimg", help="log.jsonl line every N kimg"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: checkpoint and export after this many minutes of training (resume later with --resume)"),
+    render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images rendered per call of the procedural generator (default: the batch on CPU, 4096 on CUDA); the data do not change"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Train the GAN prior(s) of a procedural dataset; exports <dataset>-<component>-{G,D}.safetensors + .json.
@@ -52,7 +53,8 @@ def train_prior_cmd(
 
     cfg = TrainConfig(dataset=dataset, component=component, kimg=kimg, batch=batch, resolution=resolution,
                       device=device, out=str(out) if out is not None else None, seed=seed, r1_gamma=r1_gamma, lr=lr,
-                      snapshot_kimg=snapshot_kimg, log_kimg=log_kimg, progress=not quiet, minutes=minutes)
+                      snapshot_kimg=snapshot_kimg, log_kimg=log_kimg, progress=not quiet, minutes=minutes,
+                      render_chunk=render_chunk)
     folder = train_prior(cfg, resume=resume)
     for name in cfg.model_names():
         typer.echo(f"exported {folder / f'{dataset}-{name}'}-G.safetensors, -D.safetensors, .json")
