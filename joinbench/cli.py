@@ -181,6 +181,11 @@ def weights_lpips(path: Optional[Path] = typer.Option(None, "--path", help="expl
     provision_all(path)  # prints where each file is
 
 
+# -- commands that live in their own modules (one line each; keep this block) ------------
+# e.g. from .timing import timing_cmd; app.command("timing")(timing_cmd)
+# -- end of command block ------------------------------------------------------------------
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:
