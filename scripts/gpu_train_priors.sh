@@ -3,24 +3,28 @@
 # and pack what comes back. Written for the project's lent GPU machine (no network; torch,
 # typer, safetensors, scipy, tqdm already installed there):
 #
-#   device run, repo root:  bash scripts/gpu_train_priors.sh 4      # minutes of training per prior
+#   device run, repo root:  bash scripts/gpu_train_priors.sh 6      # minutes of training per prior
 #   returns:                $OUT/priors.tar.part-aa, -ab, ... (exports, sidecars, logs, sample
 #                           grids; no checkpoints), split because one returned file may hold 16 MiB
 #   then here:              cat priors.tar.part-* > priors.tar && bash scripts/ship_priors.sh priors.tar
 #
-# Eight processes share the GPU, one per model: materials and faces x albedo, shading,
-# specular, joint, each at 64 px, stopped by --minutes (checkpoint + export) rather than by
-# --kimg. One process per model rather than `--component all` because an eager StyleGAN2
-# step at 64 px is bound by kernel launches on the CPU side, so eight launching processes
-# keep the GPU busier than three models stepping in turn in one process. The sidecars record
-# the images seen, images/s, device and commit. Checkpoints stay behind (~100 MB together).
-# DEVICE, RES and BATCH (defaults cuda, 64, 128) exist for a CPU smoke test of this script:
+# Four processes share the GPU: materials `all` (albedo, shading, specular stepping in turn
+# in one process), materials `joint`, faces `all`, faces `joint`, each at 64 px, batch 64,
+# stopped by --minutes (checkpoint + export) rather than by --kimg. This is the configuration
+# that produced the shipped priors (H200, 6 minutes: 54-110 images/s per model, launch-bound).
+# SPLIT=1 runs one process per model (8) instead, and CHUNK=N renders N images per call of the
+# procedural generator; with SPLIT=1 BATCH=128 CHUNK=4096 an H200 run logged no progress in
+# 6.5 minutes at 100% GPU utilisation (cause not found yet), so neither is the default.
+# The sidecars record the images seen, images/s, device and commit. Checkpoints stay behind.
+# DEVICE, RES and BATCH (defaults cuda, 64, 64) exist for a CPU smoke test of this script:
 #   DEVICE=cpu RES=16 BATCH=8 bash scripts/gpu_train_priors.sh 0.2
 set -uo pipefail
-minutes=${1:-4}
+minutes=${1:-6}
 device=${DEVICE:-cuda}
 res=${RES:-64}
-batch=${BATCH:-128}
+batch=${BATCH:-64}
+chunk=${CHUNK:-$batch}
+if [ "${SPLIT:-0}" = 1 ]; then comps="albedo shading specular joint"; else comps="all joint"; fi
 dest=${OUT:-runs/gpu-out}
 mkdir -p "$dest" runs/priors
 python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
@@ -28,9 +32,9 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 pids=()
 for ds in materials faces; do
-  for comp in albedo shading specular joint; do
+  for comp in $comps; do
     joinbench train prior --dataset "$ds" --component "$comp" --resolution "$res" --batch "$batch" --device "$device" \
-      --kimg 1000000 --minutes "$minutes" --snapshot-kimg 100000 --log-kimg 20 --quiet \
+      --kimg 1000000 --minutes "$minutes" --snapshot-kimg 100000 --log-kimg 2 --render-chunk "$chunk" --quiet \
       --out "runs/priors/$ds-$comp" > "runs/priors/$ds-$comp.log" 2>&1 &
     pids+=($!)
   done

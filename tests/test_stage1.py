@@ -346,3 +346,94 @@ def test_runner_binds_the_dataset_domain_prior():
     m = create_method("join-s1", prior="faces")
     m.bind_dataset("materials", {"prior"})
     assert m.config.prior == "faces"
+
+
+# ---------------------------------------------------------------------------------------
+# the jointly trained prior (ablation "independent vs jointly trained priors")
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def joint_prior(tmp_path_factory):
+    """A folder with a tiny random 9-channel materials joint prior (albedo | shading | specular)."""
+    folder = tmp_path_factory.mktemp("joint-prior")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(40)
+        G = Generator(GeneratorConfig(resolution=RES, img_channels=9, z_dim=WDIM, w_dim=WDIM, **TINY))
+        D = Discriminator(DiscriminatorConfig(resolution=RES, img_channels=9, **TINY))
+        with torch.no_grad():
+            for conv in G.synthesis.convs:
+                conv.noise_strength.fill_(0.2)
+            G.mapping.w_avg.normal_(0, 0.1)
+    export_prior(folder, "materials", "joint", G, D, {"images_seen": 0, "forward_model": "reinhard"})
+    return folder
+
+
+def make_joint_inverter(folder, fm="reinhard", **kw) -> JointInverter:
+    cfg = Stage1Config(**{**FAST, "joint_prior": True, **kw})
+    f = create_forward_model(fm)
+    return JointInverter(load_bank("materials", components=f.components, path=folder, joint=True), f, cfg, "cpu")
+
+
+def joint_targets(inv: JointInverter, n: int, seed: int = 0) -> torch.Tensor:
+    """Display images the joint prior can produce (random latents, random noise)."""
+    g = torch.Generator().manual_seed(seed)
+    p = inv.priors["joint"]
+    with torch.no_grad():
+        z = torch.randn(n, p.z_dim, generator=g)
+        enc = p.split(p.to_encoded(p.synthesis(p.mapping(z, 0.7), noise=p.make_noise(n, generator=g))))
+        return inv.fm.render_encoded(enc).float()
+
+
+def test_joint_prior_inversion_lowers_loss_and_returns_components(joint_prior):
+    bank = load_bank("materials", path=joint_prior, joint=True)
+    assert bank.joint and bank.components == ["joint"] and bank.produces == ["albedo", "shading", "specular"]
+    inv = make_joint_inverter(joint_prior, steps=40, noise_weight=0.0, regulariser="none")
+    target = joint_targets(inv, 2, seed=3)
+    res = inv.invert(target)
+    assert all(curve[-1] < 0.5 * curve[0] for curve in res.loss_curve) and res.errors == [None, None]
+    assert set(res.latents) == set(res.noise) == {"joint"} and res.latents["joint"].shape == (2, WDIM)
+    assert set(res.encoded) == set(res.linear) == {"albedo", "shading", "specular"}
+    assert all(e.shape == (2, 3, RES, RES) for e in res.encoded.values())
+    # the output is the joint generator's 9 channels, split: re-rendering them gives the final image
+    p = inv.priors["joint"]
+    with torch.no_grad():
+        out = p.split(p.to_encoded(p.synthesis(res.latents["joint"], noise=res.noise["joint"], noise_mode="const")))
+    assert all(torch.allclose(out[c], res.encoded[c]) for c in out)
+    assert torch.allclose(inv.fm.render_encoded(out), res.rerender, atol=1e-6)
+    # with the full loss (noise and kNN terms on the joint prior's own bank) the total goes down
+    full = make_joint_inverter(joint_prior, steps=25, regulariser="knn", knn_weight=1e-2)
+    res = full.invert(target)
+    assert all(c[-1] < c[0] for c in res.loss_curve) and set(full.regularisers) == {"joint"}
+    assert full.describe()["priors"] == ["joint"] and full.describe()["joint_prior"] is True
+    # W+, an encoder-style init keyed "joint", and the two-component model (specular ignored)
+    wp = make_joint_inverter(joint_prior, steps=2, w_plus=True).invert(target, init={"joint": res.latents["joint"]})
+    assert wp.latents["joint"].shape == (2, p.num_ws, WDIM)
+    two = make_joint_inverter(joint_prior, fm="reinhard-nospecular", steps=3).invert(target)
+    assert set(two.encoded) == {"albedo", "shading"} and set(two.latents) == {"joint"}
+
+
+def test_joint_prior_batch_independence(joint_prior):
+    """As test_batch_independence, with one latent and one set of noise maps per image for the joint prior."""
+    kw = dict(steps=12, dtype="float64", regulariser="knn", knn_weight=1e-2)
+    inv = make_joint_inverter(joint_prior, **kw)
+    target = joint_targets(inv, 3, seed=5)
+    batch = inv.invert(target)
+    alone = make_joint_inverter(joint_prior, **kw).invert(target[2:3])
+    assert not torch.allclose(batch.latents["joint"][0], batch.latents["joint"][2])
+    assert (batch.latents["joint"][2:3] - alone.latents["joint"]).abs().max().item() < 1e-9
+    assert max((nb[2:3] - na).abs().max().item() for nb, na in zip(batch.noise["joint"], alone.noise["joint"])) < 1e-9
+    assert batch.loss_curve[2] == pytest.approx(alone.loss_curve[0], rel=1e-9)
+
+
+def test_joint_prior_and_bank_kind_must_agree(priors, joint_prior):
+    f = create_forward_model("reinhard")
+    indep = load_bank("materials", path=priors)
+    with pytest.raises(JoinbenchError, match=r"joint=True") as info:
+        JointInverter(indep, f, Stage1Config(**FAST, joint_prior=True))
+    assert "\n" not in str(info.value)
+    with pytest.raises(JoinbenchError, match="joint_prior=true"):
+        JointInverter(load_bank("materials", path=joint_prior, joint=True), f, Stage1Config(**FAST))
+    inv = make_joint_inverter(joint_prior, steps=1)
+    with pytest.raises(JoinbenchError, match="init_latents holds albedo"):
+        inv.invert(torch.rand(1, 3, RES, RES), init={"albedo": torch.zeros(1, WDIM)})
+    with pytest.raises(JoinbenchError, match="Unknown component"):
+        load_bank("materials", components=("albedo", "diffuse"), path=joint_prior, joint=True)

@@ -11,6 +11,8 @@ A prior is three files written by :func:`joinbench.gan.train.export_prior`::
 albedo | shading | specular). Shipped priors live in ``joinbench/weights/``; ``path=`` names
 another folder (e.g. a training run's ``--out``) or a sidecar file. Loading verifies both
 hashes and every tensor shape; problems are one-line :class:`PriorError` messages.
+``load_bank(dataset)`` gives the three independent priors; ``load_bank(dataset, joint=True)``
+a bank of the single joint prior, for the "independent vs jointly trained" ablation.
 
 Loaded networks are float32, in eval mode, with ``requires_grad`` off (inversion optimises
 latents and noise, not weights; PTI turns gradients back on for the generator it tunes).
@@ -248,7 +250,19 @@ class GanBank:
 
     @property
     def components(self) -> list[str]:
+        """The priors' names (``["joint"]`` for a joint bank; see :attr:`produces`)."""
         return list(self.priors)
+
+    @property
+    def joint(self) -> bool:
+        """True for the bank of the jointly trained prior (``load_bank(..., joint=True)``)."""
+        return list(self.priors) == ["joint"]
+
+    @property
+    def produces(self) -> list[str]:
+        """The components the bank's generators produce, in albedo, shading, specular order."""
+        made = {c for p in self.priors.values() for c in p.channels}
+        return [c for c in COMPONENTS if c in made]
 
     @property
     def generators(self) -> dict[str, Generator]:
@@ -263,8 +277,20 @@ class GanBank:
 
 
 def load_bank(dataset: str, device: str | torch.device = "cpu", components: Sequence[str] | None = None,
-              path: str | Path | None = None) -> GanBank:
-    """The per-component priors of ``dataset`` (default albedo, shading, specular)."""
+              path: str | Path | None = None, joint: bool = False) -> GanBank:
+    """The per-component priors of ``dataset`` (default albedo, shading, specular).
+
+    ``joint=True``: the jointly trained prior instead (the ablation "independent vs jointly
+    trained priors"), a bank holding the single ``"joint"`` prior whose 9 output channels are
+    albedo | shading | specular (:meth:`Prior.split`). It produces every component, so
+    ``components`` (e.g. a forward model's) is only checked for valid names; stage 1 runs it
+    with ``Stage1Config.joint_prior``."""
+    if joint:
+        unknown = [c for c in (components or ()) if c not in COMPONENTS]
+        if unknown:
+            raise PriorError(f"Unknown component(s) {', '.join(map(repr, unknown))} for the joint prior; it produces "
+                             f"{', '.join(COMPONENTS)}.")
+        return GanBank(dataset, {"joint": load_prior(dataset, "joint", device, path)})
     comps = tuple(components) if components is not None else COMPONENTS
     return GanBank(dataset, {c: load_prior(dataset, c, device, path) for c in comps})
 

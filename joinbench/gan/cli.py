@@ -1,4 +1,5 @@
-"""Command line for GAN priors: ``joinbench train prior`` and ``joinbench priors info|sample|eval``.
+"""Command line for GAN priors and their encoders: ``joinbench train prior|encoder|unet`` and
+``joinbench priors info|sample|eval``.
 
 Two typer apps, mounted by :mod:`joinbench.cli`. Heavy imports happen inside the commands so
 ``joinbench --help`` stays fast.
@@ -12,13 +13,13 @@ import typer
 
 from ..errors import JoinbenchError
 
-train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models (GAN priors, the U-Net baseline).")
+train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models (GAN priors, encoders, the U-Net baseline).")
 priors_app = typer.Typer(no_args_is_help=True, help="Inspect, sample and evaluate GAN priors.")
 
 
 @train_app.callback()
 def _train_root() -> None:
-    """Train joinbench's own models (GAN priors, the U-Net baseline)."""
+    """Train joinbench's own models (GAN priors, encoders, the U-Net baseline)."""
 
 
 @priors_app.callback()
@@ -42,7 +43,7 @@ def train_prior_cmd(
     snapshot_kimg: float = typer.Option(100.0, "--snapshot-kimg", help="checkpoint and sample grid every N kimg"),
     log_kimg: float = typer.Option(4.0, "--log-kimg", help="log.jsonl line every N kimg"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: checkpoint and export after this many minutes of training (resume later with --resume)"),
-    render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images rendered per call of the procedural generator (default: the batch on CPU, 4096 on CUDA); the data do not change"),
+    render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images rendered per call of the procedural generator (default: one batch); the data do not change"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Train the GAN prior(s) of a procedural dataset; exports <dataset>-<component>-{G,D}.safetensors + .json.
@@ -102,6 +103,58 @@ def train_unet_cmd(
                f"{info['images_seen']:,} images in {info['wall_time_s']:.0f} s "
                f"({info['throughput_images_per_s']:.1f} img/s), final loss {info['final_losses'].get('loss', float('nan')):.4f}")
     typer.echo(f"to ship: copy both files into joinbench/weights/, then `joinbench run --method unet --dataset {dataset}`")
+
+
+@train_app.command("encoder")
+def train_encoder_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    component: str = typer.Option("all", "--component", "-c", help="albedo | shading | specular | all (the three, one process) | joint (the joint prior's encoder)"),
+    kimg: float = typer.Option(200.0, "--kimg", help="training length in thousands of images"),
+    batch: int = typer.Option(16, "--batch", "-b", help="images per step"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="encoder input resolution (default: the prior's)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/encoders/<dataset>-<component>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: checkpoint and export after this many minutes of training (resume later with --resume)"),
+    priors_path: Optional[Path] = typer.Option(None, "--priors-path", help="folder of the GAN priors (default: the shipped joinbench/weights)"),
+    gain_images: int = typer.Option(8, "--gain-images", help="test images for the stage-1 gain in the sidecar"),
+    gain_steps: int = typer.Option(100, "--gain-steps", help="stage-1 steps of the gain measurement (0: skip it)"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (constant)"),
+    perceptual: str = typer.Option("lpips-vgg", "--perceptual", help="lpips-vgg | none (pixel MSE only; also used by the gain measurement)"),
+    perceptual_weight: float = typer.Option(0.8, "--perceptual-weight", help="weight of LPIPS-VGG next to the pixel MSE (pSp: 0.8)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the weights and the data stream"),
+    snapshot_kimg: float = typer.Option(20.0, "--snapshot-kimg", help="checkpoint every N kimg"),
+    render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images rendered per call of the procedural generator (default: the batch on CPU, 4096 on CUDA)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Train the stage-1 initialisation encoder(s) of a prior; exports <dataset>-<component>-encoder.safetensors + .json.
+
+    Example: joinbench train encoder --dataset materials --component all --kimg 200
+    """
+    import json
+
+    from ..join.encoder import EncoderTrainConfig, export_stem, train_encoders
+
+    cfg = EncoderTrainConfig(dataset=dataset, component=component, kimg=kimg, batch=batch, resolution=resolution,
+                             device=device, out=str(out) if out is not None else None, minutes=minutes,
+                             priors_path=str(priors_path) if priors_path is not None else None, gain_images=gain_images,
+                             gain_steps=gain_steps, lr=lr, perceptual=perceptual, perceptual_weight=perceptual_weight, seed=seed,
+                             snapshot_kimg=snapshot_kimg, render_chunk=render_chunk, progress=not quiet)
+    folder = train_encoders(cfg, resume=resume)
+    names = cfg.resolved().names()
+    for name in names:
+        sidecar = folder / f"{export_stem(dataset, name)}.json"
+        info = json.loads(sidecar.read_text())
+        typer.echo(f"exported {sidecar.with_suffix('.safetensors')} ({info['size_bytes'] / 1e6:.2f} MB, {info['params']:,} params) "
+                   f"and {sidecar.name}: {info['images_seen']:,} images in {info['wall_time_s']:.0f} s, "
+                   f"final loss {info['final_losses'].get('loss', float('nan')):.4f}")
+        gain = info.get("stage1_gain")
+        if gain:
+            saved = gain["steps_saved"]
+            typer.echo(f"  stage-1 gain ({gain['images']} test images, {gain['steps']} steps): final loss ratio "
+                       f"encoder/mean {gain['final_loss_ratio']}, "
+                       + (f"saves {saved} steps" if saved is not None else "does not reach the mean-init final loss"))
+    typer.echo("to ship: copy those files into joinbench/weights/ (an encoder loads only with the prior it was trained against)")
 
 
 def _fmt(x, digits: int = 2) -> str:

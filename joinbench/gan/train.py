@@ -98,8 +98,9 @@ class TrainConfig(ConfigDict):
     grid_size: int = 32
     progress: bool = True
     minutes: float | None = None  # stop (checkpoint + export) after this much training time in this invocation
-    # images rendered per call of the procedural generator (a multiple of batch); None: the batch
-    # on CPU, 4096 on CUDA. The data are the same for any value (see TrainStream).
+    # images rendered per call of the procedural generator (a multiple of batch); None: one batch.
+    # The data are the same for any value (see TrainStream). Larger chunks amortise the
+    # generator's per-call kernel launches on a GPU; not yet validated there (see scripts/).
     render_chunk: int | None = None
 
     def resolved(self) -> "TrainConfig":
@@ -159,15 +160,15 @@ def create_training_dataset(name: str, resolution: int, forward_model: str | Non
 
 
 class TrainStream:
-    """``ProceduralDataset.train_stream`` with a checkpointable position, rendered in chunks.
+    """``ProceduralDataset.train_stream`` with a checkpointable position, optionally rendered in chunks.
 
     It draws the same seeds as ``train_stream`` (``train_seeds`` over the same seeded CPU
     generator: one draw of ``batch * chunk`` seeds equals ``chunk`` draws of ``batch``), and a
     sample renders identically whatever batch it is in, so it yields the same batches for any
-    ``chunk``. Rendering ``chunk`` batches in one call matters on a GPU: the procedural
-    generator launches tens of thousands of small kernels per call whatever its batch size, so
-    at batch 64 the data, not the GAN, bounded training (measured on an H200: ~55 img/s per
-    model). The position (generator state at the chunk start + offset) is saved and restored.
+    ``chunk``. Rendering ``chunk`` batches in one call is meant for GPUs: the procedural
+    generator launches ~11k (faces) to ~33k (materials) small ops per call whatever its batch
+    size (counted with torch.profiler on CPU), so at batch 64 it costs as much as a GAN step.
+    The position (generator state at the chunk start + offset) is saved and restored.
     """
 
     def __init__(self, dataset, batch_size: int, device: torch.device | str, seed: int, resolution: int,
@@ -561,7 +562,7 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     ds = create_training_dataset(cfg.dataset, cfg.resolution, cfg.forward_model)
     fm = ds.forward_model
     trainers = [PriorTrainer(n, cfg, device) for n in cfg.model_names()]
-    chunk_images = cfg.render_chunk or (4096 if device.type == "cuda" else cfg.batch)
+    chunk_images = cfg.render_chunk or cfg.batch
     stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution, chunk=max(1, chunk_images // cfg.batch))
     cur_nimg, step, wall_s = 0, 0, 0.0
     if ckpt is not None:

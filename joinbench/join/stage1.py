@@ -56,6 +56,17 @@ Choices where the sources differ or are silent:
 * **E-LPIPS**, the authors' default distance, is not used: it is not in the lpips package
   and its random transformations would break batch independence; LPIPS-VGG is their
   ``--loss-fn=lpips`` option.
+
+**Jointly trained prior** (``joint_prior=True``, the ablation "independent vs jointly trained
+priors"; the paper argues joint training cross-contaminates the components). The bank then
+holds one 9-channel generator (``load_bank(..., joint=True)``, its output albedo | shading |
+specular encoded). Each image gets ONE latent (W or W+) and one set of noise maps for it; its
+output is split into the components and everything else is unchanged: the same loss, the
+regulariser built from that prior's own mean latent and kNN bank, batch independence. Results
+are keyed by prior: ``latents`` and ``noise`` hold ``"joint"``, ``encoded`` and ``linear`` the
+forward model's components. With the two-component forward model the specular channels are
+generated but ignored (the joint generator cannot be asked for fewer). ``init`` takes
+``{"joint": w}``.
 """
 from __future__ import annotations
 
@@ -110,6 +121,8 @@ class Stage1Config:
     seed: int = 303  # noise-map initialisation
     log_every: int = 10  # loss-curve sampling (steps)
     dtype: str = "float32"  # float32 | float64 (tests)
+    # one jointly trained 9-channel prior (bank from load_bank(..., joint=True)) instead of one per component
+    joint_prior: bool = False
 
 
 def lr_ramp(step: int, steps: int, rampup: float = 0.05, rampdown: float = 0.25) -> float:
@@ -124,9 +137,9 @@ def lr_ramp(step: int, steps: int, rampup: float = 0.05, rampdown: float = 0.25)
 class Stage1Result:
     """What one batched inversion produced (tensors on the inversion device, detached)."""
 
-    latents: dict[str, Tensor]  # (B, w_dim) in W, (B, num_ws, w_dim) in W+
-    noise: dict[str, list[Tensor]]  # per component, per layer (B, 1, r, r)
-    encoded: dict[str, Tensor]  # final GAN outputs in encoded space [0, 1], (B, 3, R, R)
+    latents: dict[str, Tensor]  # per prior (component, or "joint"): (B, w_dim) in W, (B, num_ws, w_dim) in W+
+    noise: dict[str, list[Tensor]]  # per prior, per layer (B, 1, r, r)
+    encoded: dict[str, Tensor]  # per component: final GAN outputs in encoded space [0, 1], (B, 3, R, R)
     linear: dict[str, Tensor]  # decoded with the [0.01, 0.99] clip
     rerender: Tensor  # f(linear), (B, 3, R, R)
     loss_curve: list[list[float]]  # per image, the total loss at loss_steps
@@ -141,14 +154,19 @@ class Stage1Result:
 class JointInverter:
     """Stage 1 for one GAN bank and forward model; reuse it across batches (the bank
     statistics -- mean latents, kNN banks, hinge radii -- are computed once). ``setup``
-    moves the bank's generators to the inversion device and dtype (in place)."""
+    moves the bank's generators to the inversion device and dtype (in place).
+
+    ``components`` are the forward model's components (what is produced and rendered);
+    ``priors`` the generators whose latents are optimised, keyed by prior name: the
+    components themselves, or ``"joint"`` alone with ``config.joint_prior``."""
 
     def __init__(self, bank, forward_model: ForwardModel, config: Stage1Config, device: torch.device | str = "cpu"):
         self.cfg = config
         self.fm = forward_model
         self.device = torch.device(device)
         self.components = [c for c in COMPONENTS if c in forward_model.components]
-        self.priors = {c: bank[c] for c in self.components}
+        self.joint = bool(config.joint_prior)
+        self.priors = self._select_priors(bank)
         res = {p.resolution for p in self.priors.values()}
         if len(res) != 1:
             raise JoinbenchError(f"The component priors have different resolutions {sorted(res)}; stage 1 needs one.")
@@ -167,6 +185,25 @@ class JointInverter:
         self.perceptual: PerceptualLoss | None = None
         self.setup_seconds = 0.0
         self._ready = False
+
+    def _select_priors(self, bank) -> dict[str, Any]:
+        """The priors to invert; a bank of the other kind (joint vs per component) is a
+        one-line error naming the switch, since both kinds ship side by side."""
+        names = ["joint"] if self.joint else self.components
+        try:
+            priors = {n: bank[n] for n in names}
+        except (KeyError, JoinbenchError):
+            held = ", ".join(bank) if hasattr(bank, "__iter__") else "?"
+            fix = ("load the bank with load_bank(..., joint=True)" if self.joint
+                   else "use --set joint_prior=true for a joint bank, or load the per-component priors")
+            raise JoinbenchError(f"Stage 1 with joint_prior={self.joint} needs the prior(s) {', '.join(names)}, but the "
+                                 f"bank holds {held}; {fix}.") from None
+        if self.joint:
+            chans = list(getattr(priors["joint"], "channels", []))
+            if chans != list(COMPONENTS):
+                raise JoinbenchError(f"The joint prior produces {chans or 'unknown channels'}, not albedo | shading | "
+                                     "specular; export it with `joinbench train prior --component joint`.")
+        return priors
 
     # -- one-off statistics ---------------------------------------------------------------
     def setup(self) -> "JointInverter":
@@ -224,7 +261,7 @@ class JointInverter:
     def _initial_noise(self, batch: int) -> dict[str, list[Tensor]]:
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
         out = {}
-        for c in COMPONENTS:  # fixed order: a two-component bank gets the same albedo/shading noise
+        for c in (*COMPONENTS, "joint"):  # fixed order: a two-component bank gets the same albedo/shading noise
             if c not in self.priors:
                 continue
             maps = [torch.randn(s[2], s[3], generator=gen) for s in self.priors[c].noise_shapes()]
@@ -234,9 +271,11 @@ class JointInverter:
 
     def _render(self, ws: dict[str, Tensor], noise: dict[str, list[Tensor]]) -> tuple[dict[str, Tensor], Tensor]:
         enc = {}
-        for c in self.components:
-            p = self.priors[c]
-            enc[c] = p.to_encoded(p.synthesis(ws[c], noise=noise[c], noise_mode="const"))
+        for name, p in self.priors.items():
+            out = p.to_encoded(p.synthesis(ws[name], noise=noise[name], noise_mode="const"))
+            for c, e in p.split(out).items():  # a joint prior's 9 channels -> its components
+                if c in self.components:  # two-component model: a joint prior's specular is ignored
+                    enc[c] = e
         return enc, self.fm.render_encoded(enc, clip=True)
 
     # -- the loop -----------------------------------------------------------------------
@@ -254,10 +293,17 @@ class JointInverter:
         cfg = self.cfg
         synchronize(self.device)
         t0 = time.perf_counter()
-        ws = {c: self._initial_latent(c, b, init) for c in self.components}
+        names = list(self.priors)
+        if init is not None:  # a latent meant for the other kind of bank would silently be dropped
+            other = [k for k, v in init.items() if v is not None and k not in self.priors
+                     and (k == "joint" or self.joint)]
+            if other:
+                raise JoinbenchError(f"init_latents holds {', '.join(other)} but stage 1 inverts the prior(s) "
+                                     f"{', '.join(names)} (joint_prior={self.joint}); give initial latents for those.")
+        ws = {c: self._initial_latent(c, b, init) for c in names}
         noise = self._initial_noise(b)
-        noise_vars = [n for c in self.components for n in noise[c]] if cfg.optimise_noise else []
-        params = [ws[c] for c in self.components] + noise_vars
+        noise_vars = [n for c in names for n in noise[c]] if cfg.optimise_noise else []
+        params = [ws[c] for c in names] + noise_vars
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
         frozen = torch.zeros(b, dtype=torch.bool, device=self.device)
         first_bad = torch.full((b,), -1, dtype=torch.long, device=self.device)
@@ -272,9 +318,9 @@ class JointInverter:
             terms = {
                 "perceptual": self.perceptual(image, target) * cfg.perceptual_weight,
                 "pixel": pixel_mse(image, target) * cfg.pixel_weight,
-                "noise": sum(noise_regularisation(noise[c]) for c in self.components) * cfg.noise_weight,
+                "noise": sum(noise_regularisation(noise[c]) for c in names) * cfg.noise_weight,
                 "latent": sum(self.regularisers[c].penalty(ws[c]) * self.regularisers[c].weight
-                              for c in self.components),
+                              for c in names),
             }
             loss = terms["perceptual"] + terms["pixel"] + terms["noise"] + terms["latent"]
             ok = torch.isfinite(loss) & ~frozen
@@ -311,7 +357,7 @@ class JointInverter:
                   f"noise were frozen there" for s in bad_steps]
         return Stage1Result(
             latents={c: w.detach() for c, w in ws.items()},
-            noise={c: [n.detach() for n in noise[c]] for c in self.components},
+            noise={c: [n.detach() for n in noise[c]] for c in names},
             encoded={c: e.detach() for c, e in enc.items()},
             linear=linear, rerender=rerender.detach(), loss_curve=per_image, loss_steps=curve_steps,
             final_terms={k: v.detach().double().cpu().tolist() for k, v in terms.items()},
@@ -319,7 +365,8 @@ class JointInverter:
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"components": self.components, "resolution": self.resolution,
+        return {"components": self.components, "priors": list(self.priors), "joint_prior": self.joint,
+                "resolution": self.resolution,
                 "regularisers": {c: r.describe() for c, r in self.regularisers.items()}}
 
 
