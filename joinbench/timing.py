@@ -1,0 +1,781 @@
+"""`joinbench timing`: how long each method takes per image, how that changes with the
+batch size, and how far the arithmetic is from what the hardware can do.
+
+For every method and batch size the same test images are decomposed batch after batch.
+Each batch is timed like :mod:`joinbench.runner` times it: the device is synchronised
+before and after ``decompose`` (CUDA kernels run asynchronously, so the clock would stop
+before the work is done), and ``decompose`` runs under ``torch.inference_mode`` unless
+the method optimises (``needs_grad``). The first ``warmup`` batches at every batch size
+are run but not counted: they pay for lazy set-up (loading weights, GAN-bank statistics,
+LPIPS), allocator growth and kernel selection, which a long benchmark run pays once.
+Seconds per image are batch seconds / batch size; mean, median and p95 are taken over the
+counted batches (every batch is full: images cycle through the test split when a batch
+needs more than the split holds, which changes nothing for timing).
+
+Inversion methods optimise for ``steps`` iterations per image (1000 for JoIN), minutes per
+batch on a CPU; on a CPU every config field named ``steps`` or ``*_steps`` is capped at
+``CPU_MAX_STEPS`` unless set with ``--set`` (``--max-steps`` chooses the cap, 0 removes
+it). The stage breakdown reports seconds per step, which do not depend on the cap.
+
+FLOPs are counted with the formulas of :mod:`torch.utils.flop_counter` (what
+``FlopCounterMode`` counts; see :func:`count_flops` for why not that class itself) over
+one whole ``decompose`` at the smallest batch size. They cover matrix products and
+convolutions (forward and backward), not element-wise work nor work outside torch
+(NumPy/SciPy), so the count and the achieved FLOP/s are lower bounds. Counting an inversion at 1000 steps would repeat the same step 1000 times,
+so methods with step fields are counted at 1 step and at 2 steps per field, and the total
+at the configured steps is extrapolated (FLOPs are linear in each step count: the loop
+runs the same operations every step; tested against a direct count). Achieved FLOP/s =
+FLOPs per image / mean seconds per image. The device's peak is taken from a small table of
+datasheet figures (dense, no sparsity) matched on the device name, and on every device a
+float32 matmul is timed for ``peak_seconds`` as a "measured matmul peak" (the only peak
+on a CPU).
+
+Outputs (written atomically into ``--out``): ``timing.json`` (everything, including every
+batch's seconds and stage timings), ``timing.md`` (how the numbers were made and tables)
+and ``timing.png`` (seconds per image against batch size, log scale).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import inspect
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import numpy as np
+import torch
+import typer
+
+from .env import device_name, git_commit, peak_memory_mb, resolve_device, synchronize, versions, write_atomic, write_json
+from .errors import JoinbenchError
+from .registry import DATASETS, METHODS, create_method
+from .types import Batch, Decomposition
+
+CPU_MAX_STEPS = 10  # default cap of step fields on a CPU (per-step times do not depend on it)
+GLOBAL = "*"  # key of settings that apply to every method that has the field
+
+# Datasheet peaks in TFLOP/s, dense (no structured sparsity). First match on the device name
+# wins, so the more specific names come first.
+DEVICE_PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    ("h100 pcie", "NVIDIA H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
+    ("h100 nvl", "NVIDIA H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0}),
+    ("h200 nvl", "NVIDIA H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0}),
+    ("h100", "NVIDIA H100 SXM", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
+    ("h200", "NVIDIA H200 SXM", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
+    ("a100", "NVIDIA A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
+)
+
+
+@dataclass
+class TimingConfig:
+    """Everything that defines a timing report (the CLI's options).
+
+    overrides: method settings, ``{method: {key: value}}``; the key ``"*"`` holds settings for
+    every method whose config has that field (``--set steps=100``), a method's own entry
+    wins (``--set join-s1:steps=100``). See :func:`parse_timing_sets`.
+    max_steps: cap on step fields not set explicitly; None: ``CPU_MAX_STEPS`` on a CPU and no
+    cap on a GPU; 0: no cap.
+    """
+
+    dataset: str = "materials"
+    methods: tuple[str, ...] = ("join-s1", "unet", "color-retinex")
+    batch_sizes: tuple[int, ...] = (1, 8, 64)
+    device: str = "auto"
+    images: int = 16  # images timed per method and batch size (at least one batch)
+    warmup: int = 1  # batches run first at every batch size and not counted
+    resolution: int = 64
+    seed: int = 0  # test-split seed (procedural datasets)
+    out: Path | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_steps: int | None = None
+    count_flops: bool = True
+    peak_seconds: float = 1.0  # how long the matmul peak is measured
+    progress: bool = True
+    command: str | None = None  # recorded in the report; default: an equivalent command rebuilt from the config
+
+
+# ---------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------
+def parse_timing_sets(items: list[str] | None, methods: tuple[str, ...] | list[str]) -> dict[str, dict[str, str]]:
+    """``--set`` items -> overrides: ``key=value`` applies to every method with that field,
+    ``METHOD:key=value`` to one method of ``methods`` (method names may hold colons, as in
+    ``predictions:DIR``: the last colon before ``=`` separates method and key)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise JoinbenchError(f"--set expects key=value or METHOD:key=value, got {item!r} (e.g. --set join-s1:steps=100).")
+        method, colon, bare = key.rpartition(":")
+        if colon:
+            if method not in methods:
+                raise JoinbenchError(f"--set {item!r} names method {method!r}, which is not in --methods "
+                                     f"({', '.join(methods)}).")
+            if not bare:
+                raise JoinbenchError(f"--set {item!r} has no setting name after {method + ':'!r}.")
+            out.setdefault(method, {})[bare] = value.strip()
+        else:
+            out.setdefault(GLOBAL, {})[key] = value.strip()
+    return out
+
+
+def _has_field(config: Any, key: str) -> bool:
+    if not dataclasses.is_dataclass(config):
+        return False
+    head, dot, rest = key.partition(".")
+    names = {f.name: f for f in dataclasses.fields(config)}
+    if head not in names:
+        return False
+    return _has_field(getattr(config, head), rest) if dot else True
+
+
+def step_fields(config: Any, prefix: str = "") -> dict[str, int]:
+    """Dotted names and values of the int fields called ``steps`` or ``*_steps`` of a
+    (possibly nested) dataclass config: the optimisation loops whose length the cap and
+    the FLOP extrapolation change."""
+    found: dict[str, int] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found.update(step_fields(value, f"{prefix}{f.name}."))
+        elif (f.name == "steps" or f.name.endswith("_steps")) and isinstance(value, int) and not isinstance(value, bool):
+            found[prefix + f.name] = value
+    return found
+
+
+def resolve_overrides(cfg: TimingConfig, device: torch.device) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
+    """Per method: the overrides to create it with (global settings it has, its own, and
+    the step cap) and which step fields were capped (from -> to). Creating the methods
+    here also checks every name before anything runs."""
+    globals_ = dict(cfg.overrides.get(GLOBAL, {}))
+    unused = set(globals_)
+    cap = cfg.max_steps if cfg.max_steps is not None else (CPU_MAX_STEPS if device.type == "cpu" else 0)
+    if cap < 0:
+        raise JoinbenchError(f"--max-steps must be 0 (no cap) or more, got {cap}.")
+    resolved, capped = {}, {}
+    for name in cfg.methods:
+        default_cfg = create_method(name).config
+        own = {k: v for k, v in globals_.items() if _has_field(default_cfg, k)}
+        unused -= set(own)
+        own.update(cfg.overrides.get(name, {}))
+        method_cfg = create_method(name, **own).config  # unknown keys fail here, naming the valid ones
+        capped[name] = {}
+        if cap:
+            for key, steps in step_fields(method_cfg).items():
+                if key not in own and steps > cap:
+                    own[key] = cap
+                    capped[name][key] = steps
+        resolved[name] = own
+    if unused:
+        raise JoinbenchError(f"--set {', '.join(sorted(unused))}: none of {', '.join(cfg.methods)} has such a setting "
+                             "(use METHOD:key=value for one method; see `joinbench list methods`).")
+    return resolved, capped
+
+
+def _check(cfg: TimingConfig) -> None:
+    if not cfg.methods:
+        raise JoinbenchError("--methods is empty; name one or more methods, e.g. --methods unet,color-retinex.")
+    dup = sorted({m for m in cfg.methods if list(cfg.methods).count(m) > 1})
+    if dup:
+        raise JoinbenchError(f"--methods names {', '.join(dup)} more than once.")
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise JoinbenchError(f"--batch-sizes must be positive integers, got {','.join(map(str, cfg.batch_sizes)) or 'none'}.")
+    if cfg.images < 1:
+        raise JoinbenchError(f"--images must be at least 1, got {cfg.images}.")
+    if cfg.warmup < 0:
+        raise JoinbenchError(f"--warmup must be 0 or more, got {cfg.warmup}.")
+    for name in cfg.methods:
+        METHODS.get(name)  # unknown names: one line with a did-you-mean hint
+    DATASETS.get(cfg.dataset)
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise JoinbenchError(f"--batch-sizes expects a comma list of integers such as 1,8,64, got {text!r}.") from None
+    return tuple(dict.fromkeys(sizes))
+
+
+# ---------------------------------------------------------------------------------------
+# FLOPs and peaks
+# ---------------------------------------------------------------------------------------
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """FLOPs of ``fn()`` by the formulas of torch.utils.flop_counter (``flop_registry``:
+    matrix products, convolutions and attention, forward and backward): the total and the
+    count per aten op.
+
+    This is FlopCounterMode's counting without its per-module attribution: that attribution
+    (ModuleTracker) registers autograd hooks on module inputs and, in torch 2.14, raises
+    "Expected gradient function to be set" on the no-grad render at the end of JoIN's
+    inversion loop. Totals are the same (tested against FlopCounterMode on the U-Net).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    counts: dict[Any, int] = {}
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            packet = func._overloadpacket
+            if packet not in flop_registry:
+                with self:  # an op without a formula may decompose into ops with one (as FlopCounterMode does)
+                    r = func.decompose(*args, **kwargs)
+                if r is not NotImplemented:
+                    return r
+                return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            counts[packet] = counts.get(packet, 0) + int(flop_registry[packet](*args, **kwargs, out_val=out))
+            return out
+
+    with _Count():
+        fn()
+    per_op = {str(op).split(".")[-1]: n for op, n in counts.items()}
+    return sum(counts.values()), per_op
+
+
+def device_peak(name: str) -> dict[str, Any] | None:
+    """Datasheet peaks (TFLOP/s, dense) of a known accelerator, matched on its name; None otherwise."""
+    low = name.lower()
+    for pattern, label, peaks in DEVICE_PEAKS:
+        if pattern in low:
+            return {"name": label, "tflops": dict(peaks),
+                    "source": "vendor datasheet, dense (no sparsity); fp32 = non-tensor-core"}
+    return None
+
+
+def measure_matmul_peak(device: torch.device, seconds: float = 1.0) -> dict[str, Any]:
+    """TFLOP/s of back-to-back float32 square matmuls for about ``seconds``: what torch
+    attains on this device for the easiest workload there is (on a CPU, with the threads
+    the methods use). On CUDA, TF32 is used only if torch.backends.cuda.matmul.allow_tf32."""
+    n = 4096 if device.type == "cuda" else 512
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    c = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=c)  # warm-up
+    synchronize(device)
+    reps, elapsed = 0, 0.0
+    t0 = time.perf_counter()
+    while elapsed < seconds or reps < 3:
+        chunk = max(1, reps)  # double the work between clock reads (each read syncs)
+        for _ in range(chunk):
+            torch.mm(a, b, out=c)
+        synchronize(device)
+        reps += chunk
+        elapsed = time.perf_counter() - t0
+    tflops = 2.0 * n**3 * reps / elapsed / 1e12
+    return {"label": "measured matmul peak", "tflops": tflops, "dtype": "float32", "n": n, "reps": reps,
+            "seconds": elapsed,
+            "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)}
+
+
+# ---------------------------------------------------------------------------------------
+# running methods
+# ---------------------------------------------------------------------------------------
+def create_dataset_for_timing(name: str, resolution: int, seed: int):
+    """Create a dataset with only the options its factory accepts (real photos have no seed)."""
+    entry, _ = DATASETS.get(name)
+    params = inspect.signature(entry.factory).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in {"resolution": resolution, "seed": seed}.items() if accepts_any or k in params}
+    return DATASETS.create(name, **kwargs)
+
+
+def build_method(name: str, overrides: dict[str, Any], dataset, device: torch.device):
+    """A method on ``device`` bound to ``dataset`` (JoIN and the U-Net pick the dataset's
+    weights unless set), as the runner builds it."""
+    method = create_method(name, **overrides)
+    if hasattr(method, "bind_dataset"):
+        method.bind_dataset(dataset, set(overrides))
+    return method.to(device)
+
+
+def decompose(method, images: torch.Tensor, ids: list[str]) -> Decomposition:
+    """One ``decompose`` as the runner calls it (inference mode unless the method optimises)."""
+    with torch.inference_mode(mode=not getattr(method, "needs_grad", False)):
+        if hasattr(method, "decompose_batch"):
+            return method.decompose_batch(Batch(ids=list(ids), image=images))
+        return method.decompose(images)
+
+
+class _ImagePool:
+    """The first test images on the device; batch ``k`` of size ``b`` takes the next ``b``
+    images, cycling, so every batch is full and consecutive batches differ."""
+
+    def __init__(self, dataset, n: int, device: torch.device):
+        n = max(1, min(n, len(dataset)))
+        samples = [dataset[i] for i in range(n)]
+        try:
+            self.images = torch.stack([s.image for s in samples]).to(device, torch.float32)
+        except RuntimeError:
+            raise JoinbenchError(f"{dataset.name or 'the dataset'}'s test images have different sizes; timing "
+                                 "needs batches of one size (use a procedural dataset or images of one size).") from None
+        self.ids = [s.id for s in samples]
+
+    def batch(self, k: int, size: int) -> tuple[torch.Tensor, list[str]]:
+        idx = [(k * size + j) % len(self.ids) for j in range(size)]
+        return self.images[idx], [self.ids[i] for i in idx]
+
+
+def _batches_for(cfg: TimingConfig, size: int) -> int:
+    return max(1, math.ceil(cfg.images / size))
+
+
+def _stats(per_image: list[float]) -> dict[str, float]:
+    a = np.asarray(per_image, dtype=np.float64)
+    mean = float(a.mean())
+    return {"seconds_per_image_mean": mean, "seconds_per_image_median": float(np.median(a)),
+            "seconds_per_image_p95": float(np.percentile(a, 95)), "seconds_per_image_min": float(a.min()),
+            "images_per_second": 1.0 / mean if mean > 0 else None}
+
+
+def _stages(timed: list[dict[str, Any]], size: int, per_image_mean: float) -> dict[str, dict[str, float]]:
+    """Per stage key (all but "total" and one-off "*_setup"): seconds per image (and their
+    share of the whole), or seconds per step for ``*_per_step`` keys, over counted batches."""
+    keys: list[str] = []
+    for b in timed:
+        keys += [k for k in b["timings"] if k not in keys and k != "total" and not k.endswith("_setup")]
+    out = {}
+    for k in keys:
+        vals = [float(b["timings"][k]) for b in timed if k in b["timings"]]
+        if k.endswith("_per_step"):
+            out[k] = {"seconds_per_step": float(np.mean(vals))}
+        else:
+            sec = float(np.mean(vals)) / size
+            out[k] = {"seconds_per_image": sec, "share": sec / per_image_mean if per_image_mean > 0 else None}
+    return out
+
+
+def _time_batch(method, images, ids, device) -> tuple[float, Decomposition]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    dec = decompose(method, images, ids)
+    synchronize(device)
+    return time.perf_counter() - t0, dec
+
+
+def method_flops(name: str, overrides: dict[str, Any], method, dataset, pool: _ImagePool, size: int,
+                 device: torch.device) -> dict[str, Any]:
+    """FLOPs per image of one ``decompose`` of ``size`` images with ``method`` (already warm).
+
+    For a method with step fields, fresh instances with every step field at 1, and one
+    field at a time at 2, are counted (each after one uncounted warm-up call, which does the
+    set-up) and the count at the configured steps is extrapolated: base + sum over fields of
+    (steps - 1) x (count at 2 - count at 1).
+    """
+    images, ids = pool.batch(0, size)
+    fields = step_fields(method.config)
+    if not fields:
+        total, per_op = count_flops(lambda: decompose(method, images, ids))
+        return {"flops_per_image": total / size, "per_op_per_image": {k: v / size for k, v in per_op.items()},
+                "counted_batch_size": size, "how": "counted over one decompose"}
+
+    def counted(extra: dict[str, int]) -> tuple[int, dict[str, int]]:
+        m = build_method(name, {**overrides, **extra}, dataset, device)
+        decompose(m, images, ids)  # set-up (bank statistics, LPIPS) happens here, uncounted
+        return count_flops(lambda: decompose(m, images, ids))
+
+    ones = {k: 1 for k in fields}
+    base, base_ops = counted(ones)
+    per_step, total = {}, float(base)
+    ops = {k: float(v) for k, v in base_ops.items()}
+    for key, steps in fields.items():
+        at2, ops2 = counted({**ones, key: 2})
+        delta = at2 - base
+        per_step[key] = {"steps": steps, "flops_per_step_per_image": delta / size}
+        total += (steps - 1) * delta
+        for op in set(ops) | set(ops2):
+            ops[op] = ops.get(op, 0.0) + (steps - 1) * (ops2.get(op, 0) - base_ops.get(op, 0))
+    return {"flops_per_image": total / size, "per_op_per_image": {k: v / size for k, v in ops.items()},
+            "counted_batch_size": size, "base_flops_per_image": base / size, "step_fields": per_step,
+            "how": "extrapolated: counted at 1 step and at 2 steps per step field, linear in steps"}
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------
+def run_timing(cfg: TimingConfig) -> dict[str, Any]:
+    """Time every method at every batch size, count FLOPs, write timing.json / .md / .png
+    into ``cfg.out`` and return the report (what timing.json holds, plus ``out``)."""
+    from tqdm import tqdm
+
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    overrides, capped = resolve_overrides(cfg, device)
+    dataset = create_dataset_for_timing(cfg.dataset, cfg.resolution, cfg.seed)
+    out = Path(cfg.out) if cfg.out else Path("runs") / (
+        f"timing-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cfg.dataset)[:60])
+    if out.exists() and not out.is_dir():
+        raise JoinbenchError(f"--out {out} is a file; give a folder for the timing report.")
+    sizes = tuple(sorted(set(cfg.batch_sizes)))
+    pool = _ImagePool(dataset, max(b * (cfg.warmup + _batches_for(cfg, b)) for b in sizes), device)
+    total_batches = len(cfg.methods) * sum(cfg.warmup + _batches_for(cfg, b) for b in sizes)
+    bar = tqdm(total=total_batches, unit="batch", desc="timing", disable=not cfg.progress, dynamic_ncols=True)
+    results: list[dict[str, Any]] = []
+    methods: dict[str, dict[str, Any]] = {}
+    for name in cfg.methods:
+        bar.set_description(f"timing {name}")
+        method = build_method(name, overrides[name], dataset, device)
+        setup: dict[str, float] = {}
+        for size in sizes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            batches = []
+            n_timed = _batches_for(cfg, size)
+            for k in range(cfg.warmup + n_timed):
+                bar.set_postfix_str(f"batch size {size}")
+                images, ids = pool.batch(k, size)
+                seconds, dec = _time_batch(method, images, ids, device)
+                timings = {kk: float(v) for kk, v in dec.timings.items()}
+                setup.update({kk: v for kk, v in timings.items() if kk.endswith("_setup")})
+                batches.append({"seconds": seconds, "images": size, "warmup": k < cfg.warmup, "timings": timings,
+                                "failed": sum(e is not None for e in (dec.errors or []))})
+                del dec
+                bar.update(1)
+            timed = [b for b in batches if not b["warmup"]]
+            per_image = [b["seconds"] / size for b in timed]
+            row = {"method": name, "batch_size": size, "images": size * len(timed), "batches_timed": len(timed),
+                   **_stats(per_image), "peak_memory_mb": peak_memory_mb(device),
+                   "failed_images": sum(b["failed"] for b in timed)}
+            row["stages"] = _stages(timed, size, row["seconds_per_image_mean"])
+            row["batches"] = batches
+            results.append(row)
+        info = {"kind": "inversion" if getattr(method, "needs_grad", False) or step_fields(method.config) else "single pass",
+                "config": method.describe().get("config", {}), "overrides": {k: v for k, v in overrides[name].items()},
+                "capped_steps": {k: {"from": v, "to": overrides[name][k]} for k, v in capped[name].items()},
+                "setup_seconds": setup}
+        if cfg.count_flops:
+            bar.set_postfix_str("counting FLOPs")
+            info["flops"] = method_flops(name, overrides[name], method, dataset, pool, sizes[0], device)
+        methods[name] = info
+        del method
+        _free(device)
+    bar.close()
+    peak = {"measured": measure_matmul_peak(device, cfg.peak_seconds), "spec": device_peak(device_name(device))}
+    _add_flop_rates(results, methods, peak)
+    report = {
+        "config": _config_json(cfg, sizes),
+        "environment": {
+            "command": _command(cfg), "device": str(device), "device_name": device_name(device),
+            "versions": versions(), "commit": git_commit(), "torch_threads": torch.get_num_threads(),
+            "cuda_matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "peak_memory": ("torch.cuda.max_memory_allocated, reset per batch size" if device.type == "cuda" else
+                            "peak resident set size of the process so far (cumulative over the run, not per row)"),
+        },
+        "dataset": {"name": cfg.dataset, "resolution": cfg.resolution, "size": len(dataset),
+                    "images_in_pool": len(pool.ids)},
+        "peak": peak,
+        "methods": methods,
+        "results": results,
+        "ratios": ratios(results, methods),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "timing.json", report)
+    write_atomic(out / "timing.md", timing_markdown(report))
+    from .viz import save_image_atomic
+
+    save_image_atomic(timing_plot(report), out / "timing.png")
+    report["out"] = str(out)
+    return report
+
+
+def _add_flop_rates(results: list[dict[str, Any]], methods: dict[str, dict[str, Any]], peak: dict[str, Any]) -> None:
+    measured = peak["measured"]["tflops"] * 1e12
+    spec = (peak.get("spec") or {}).get("tflops", {})
+    for row in results:
+        flops = methods[row["method"]].get("flops")
+        if not flops:
+            continue
+        rate = flops["flops_per_image"] / row["seconds_per_image_mean"]
+        row["achieved_flops_per_second"] = rate
+        row["percent_of_measured_peak"] = 100.0 * rate / measured if measured > 0 else None
+        for dtype in ("fp32", "bf16"):
+            if dtype in spec:
+                row[f"percent_of_{dtype}_peak"] = 100.0 * rate / (spec[dtype] * 1e12)
+
+
+def ratios(results: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JoIN / feed-forward seconds per image at each batch size (JoIN: ``join``, else
+    ``join-s1``, else the first ``join*`` method; feed-forward: ``unet``, else the first
+    ``unet*``), and per method the images/s at the largest batch size over those at batch
+    size 1 (else the smallest) -- the speed-up of batched over sequential processing."""
+    names = list(methods)
+    pick = lambda exact, prefix: next((n for n in exact if n in names), None) or next(
+        (n for n in names if n.startswith(prefix)), None)
+    join, ff = pick(("join", "join-s1"), "join"), pick(("unet",), "unet")
+    by = {(r["method"], r["batch_size"]): r for r in results}
+    out: dict[str, Any] = {}
+    if join and ff:
+        per_bs = {}
+        for (m, b), r in by.items():
+            if m == join and (ff, b) in by:
+                per_bs[str(b)] = r["seconds_per_image_mean"] / by[(ff, b)]["seconds_per_image_mean"]
+        out["join_vs_feedforward"] = {"numerator": join, "denominator": ff,
+                                      "seconds_per_image_ratio": dict(sorted(per_bs.items(), key=lambda kv: int(kv[0])))}
+    speedups = {}
+    for m in names:
+        sizes = sorted(b for (mm, b) in by if mm == m)
+        if len(sizes) < 2:
+            continue
+        base = 1 if 1 in sizes else sizes[0]
+        top = sizes[-1]
+        speedups[m] = {"kind": methods[m]["kind"], "from_batch_size": base, "to_batch_size": top,
+                       "speedup": by[(m, top)]["images_per_second"] / by[(m, base)]["images_per_second"]}
+    out["batched_speedup"] = speedups
+    return out
+
+
+def _config_json(cfg: TimingConfig, sizes: tuple[int, ...]) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["batch_sizes"] = list(sizes)
+    d["methods"] = list(cfg.methods)
+    d["out"] = None if cfg.out is None else str(cfg.out)
+    return d
+
+
+def _command(cfg: TimingConfig) -> str:
+    # Not $JOINBENCH_COMMAND: `joinbench run` sets it for its own process, and in a
+    # process that ran one before, it would name that run.
+    if cfg.command:
+        return cfg.command
+    parts = ["joinbench", "timing", "--dataset", cfg.dataset, "--methods", ",".join(cfg.methods),
+             "--batch-sizes", ",".join(map(str, cfg.batch_sizes)), "--device", cfg.device, "--images", str(cfg.images),
+             "--warmup", str(cfg.warmup), "--resolution", str(cfg.resolution)]
+    if cfg.max_steps is not None:
+        parts += ["--max-steps", str(cfg.max_steps)]
+    for method, sets in cfg.overrides.items():
+        for k, v in sets.items():
+            parts += ["--set", (k if method == GLOBAL else f"{method}:{k}") + f"={v}"]
+    if cfg.out:
+        parts += ["--out", str(cfg.out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown and plot
+# ---------------------------------------------------------------------------------------
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(none)"
+
+
+def timing_markdown(report: dict[str, Any]) -> str:
+    env, cfg, peak = report["environment"], report["config"], report["peak"]
+    ds = report["dataset"]
+    lines = [f"# Timing on {ds['name']} at {ds['resolution']} px: {env['device_name']}", "",
+             f"Made with `{env['command']}`.", "",
+             f"- commit: `{env['commit']}`; date: {env['date']}",
+             f"- device: {env['device_name']}; torch threads: {env['torch_threads']}; "
+             f"TF32 matmul: {env['cuda_matmul_tf32']}, cuDNN TF32: {env['cudnn_tf32']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"- per method and batch size: {cfg['warmup']} warm-up batch(es) not counted, then enough batches for "
+             f"{cfg['images']} images (at least one); the device is synchronised around every `decompose`; "
+             f"test images of {ds['name']} (first {ds['images_in_pool']}, cycled)",
+             f"- peak memory: {env['peak_memory']}", ""]
+    caps = [f"{m}: " + ", ".join(f"{k} {c['from']} -> {c['to']}" for k, c in info["capped_steps"].items())
+            for m, info in report["methods"].items() if info["capped_steps"]]
+    if caps:
+        lines += ["Step counts capped for this run (per-step times are unaffected; `--max-steps 0` removes the cap): "
+                  + "; ".join(caps) + ".", ""]
+
+    lines += ["## Seconds per image", ""]
+    lines.append(_table([{
+        "method": r["method"], "batch": r["batch_size"], "images": r["images"],
+        "s/img mean": _num(r["seconds_per_image_mean"]), "median": _num(r["seconds_per_image_median"]),
+        "p95": _num(r["seconds_per_image_p95"]), "img/s": _num(r["images_per_second"]),
+        "peak MB": _num(r["peak_memory_mb"], 4), "failed": r["failed_images"],
+    } for r in report["results"]]))
+    lines.append("")
+
+    staged = [r for r in report["results"] if r["stages"]]
+    if staged:
+        lines += ["## Stage breakdown", "",
+                  "Seconds per image of each stage (share of the whole), and seconds per optimisation step "
+                  "of a whole batch.", ""]
+        keys: list[str] = []
+        for r in staged:
+            keys += [k for k in r["stages"] if k not in keys]
+        rows = []
+        for r in staged:
+            row: dict[str, Any] = {"method": r["method"], "batch": r["batch_size"]}
+            for k in keys:
+                s = r["stages"].get(k)
+                if k.endswith("_per_step"):
+                    row[f"{k[:-len('_per_step')]} s/step"] = _num(s["seconds_per_step"]) if s else "–"
+                else:
+                    row[f"{k} s/img"] = (f"{_num(s['seconds_per_image'])} ({100 * s['share']:.0f}%)"
+                                         if s and s.get("share") is not None else "–")
+            rows.append(row)
+        lines.append(_table(rows))
+        setups = [f"{m}: " + ", ".join(f"{k} {_num(v)} s" for k, v in info["setup_seconds"].items())
+                  for m, info in report["methods"].items() if info["setup_seconds"]]
+        if setups:
+            lines += ["", "One-off set-up (in the first warm-up batch): " + "; ".join(setups) + "."]
+        lines.append("")
+
+    lines += ["## Achieved FLOP/s", ""]
+    meas = peak["measured"]
+    spec = peak.get("spec")
+    lines.append(f"Peaks: measured matmul peak {_num(meas['tflops'])} TFLOP/s ({meas['dtype']} {meas['n']}x{meas['n']} "
+                 f"matmuls for {meas['seconds']:.1f} s{', TF32' if meas['tf32'] else ''})" +
+                 (f"; datasheet ({spec['name']}, dense): " + ", ".join(f"{k} {v:g}" for k, v in spec["tflops"].items())
+                  + " TFLOP/s" if spec else "; no datasheet peak known for this device") + ".")
+    lines += ["", "FLOPs counted by `torch.utils.flop_counter` (matrix products and convolutions, forward and "
+              "backward; element-wise work and work outside torch, such as NumPy/SciPy, are not counted, so these are "
+              "lower bounds). Inversion methods: counted at 1 and 2 steps and extrapolated linearly to the "
+              "configured steps.", ""]
+    rows = []
+    for r in report["results"]:
+        fl = report["methods"][r["method"]].get("flops")
+        if not fl:
+            continue
+        seen = fl["flops_per_image"] > 0  # 0: no torch matmul/conv (e.g. NumPy/SciPy work), rate unknown
+        row = {"method": r["method"], "batch": r["batch_size"], "GFLOP/img": _num(fl["flops_per_image"] / 1e9),
+               "achieved TFLOP/s": _num(r["achieved_flops_per_second"] / 1e12) if seen else "–",
+               "% measured peak": _num(r.get("percent_of_measured_peak")) if seen else "–"}
+        if spec:
+            row["% fp32 peak"] = _num(r.get("percent_of_fp32_peak")) if seen else "–"
+            row["% bf16 peak"] = _num(r.get("percent_of_bf16_peak")) if seen else "–"
+        rows.append(row)
+    lines += [_table(rows) if rows else "(FLOPs not counted: --no-flops)", ""]
+
+    rat = report["ratios"]
+    lines += ["## Ratios", ""]
+    jf = rat.get("join_vs_feedforward")
+    if jf:
+        lines += [f"{jf['numerator']} / {jf['denominator']} seconds per image: " + ", ".join(
+            f"batch {b}: {_num(v)}x" for b, v in jf["seconds_per_image_ratio"].items()) + ".", ""]
+    else:
+        lines += ["JoIN / feed-forward: needs a `join*` and a `unet*` method in --methods.", ""]
+    if rat["batched_speedup"]:
+        lines.append(_table([{"method": m, "kind": s["kind"], "images/s speed-up": f"{_num(s['speedup'])}x",
+                              "batch": f"{s['to_batch_size']} vs {s['from_batch_size']}"}
+                             for m, s in rat["batched_speedup"].items()]))
+    else:
+        lines.append("Batched / sequential speed-up: needs two or more batch sizes.")
+    lines += ["", "![seconds per image against batch size](timing.png)", ""]
+    return "\n".join(lines)
+
+
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def timing_plot(report: dict[str, Any], width: int = 720, height: int = 440):
+    """Seconds per image (mean, log scale) against batch size (log-spaced), one line per
+    method, drawn with PIL so the figure looks the same on every machine and needs no
+    plotting library."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 70, 170, 30, 45
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in report["results"]:
+        series.setdefault(r["method"], []).append((r["batch_size"], max(r["seconds_per_image_mean"], 1e-12)))
+    sizes = sorted({b for pts in series.values() for b, _ in pts})
+    values = [v for pts in series.values() for _, v in pts]
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    hi = max(hi, lo + 1)
+    lx0, lx1 = math.log2(sizes[0]), math.log2(sizes[-1])
+    xpos = lambda b: (x0 + x1) / 2 if lx1 == lx0 else x0 + (math.log2(b) - lx0) / (lx1 - lx0) * (x1 - x0)
+    ypos = lambda v: y1 - (math.log10(v) - lo) / (hi - lo) * (y1 - y0)
+    d.text((x0, 8), f"seconds per image (log) vs batch size: {report['dataset']['name']}, "
+                    f"{report['environment']['device_name'][:48]}", fill=(0, 0, 0), font=font)
+    for e in range(lo, hi + 1):
+        y = ypos(10.0 ** e)
+        d.line([(x0, y), (x1, y)], fill=(225, 225, 225))
+        d.text((6, y - 6), f"1e{e} s", fill=(60, 60, 60), font=font)
+    for b in sizes:
+        x = xpos(b)
+        d.line([(x, y0), (x, y1)], fill=(235, 235, 235))
+        d.text((x - 6, y1 + 6), str(b), fill=(60, 60, 60), font=font)
+    d.text(((x0 + x1) / 2 - 30, y1 + 24), "batch size", fill=(0, 0, 0), font=font)
+    d.rectangle([x0, y0, x1, y1], outline=(0, 0, 0))
+    for i, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        xy = [(xpos(b), ypos(v)) for b, v in sorted(pts)]
+        if len(xy) > 1:
+            d.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        ly = y0 + 4 + 16 * i
+        d.line([(x1 + 12, ly + 6), (x1 + 32, ly + 6)], fill=colour, width=3)
+        d.text((x1 + 38, ly), name[:20], fill=(0, 0, 0), font=font)
+    return img
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------
+def timing_cmd(
+    dataset: str = typer.Option("materials", "--dataset", "-d", help="registered dataset whose test images are timed"),
+    methods: str = typer.Option("join-s1,unet,color-retinex", "--methods", "-m", help="comma list of registered methods"),
+    batch_sizes: str = typer.Option("1,8,64", "--batch-sizes", "-b", help="comma list of batch sizes"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    images: int = typer.Option(16, "--images", "-n", help="images timed per method and batch size (at least one batch)"),
+    warmup: int = typer.Option(1, "--warmup", help="batches run first at every batch size and not counted"),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for timing.md/.json/.png (default runs/timing-<time>-<dataset>)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value for every method with that setting, or METHOD:key=value (repeatable)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"cap on steps/*_steps settings not given with --set (default {CPU_MAX_STEPS} on CPU, none on GPU; 0: no cap)"),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="count FLOPs and report achieved FLOP/s"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Time methods at several batch sizes: timing.md, timing.json and timing.png.
+
+    Per method and batch size: seconds per image (mean, median, p95 after warm-up), images/s,
+    peak memory, JoIN's stage breakdown, achieved FLOP/s against the device's peak, and the
+    JoIN / feed-forward and batched / sequential ratios. Device, versions and commit are recorded.
+
+    Example: joinbench timing --dataset materials --methods join-s1,unet,color-retinex --batch-sizes 1,8 --images 8
+    """
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    # The shell command as typed when run as `joinbench` / `python -m joinbench`; otherwise
+    # (e.g. typer's test runner) run_timing rebuilds an equivalent one from the config.
+    prog = Path(sys.argv[0])
+    typed = prog.name == "joinbench" or (prog.name == "__main__.py" and prog.parent.name == "joinbench")
+    command = "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if typed else None
+    cfg = TimingConfig(dataset=dataset, methods=method_list, batch_sizes=parse_batch_sizes(batch_sizes), device=device,
+                       images=images, warmup=warmup, resolution=resolution, out=out,
+                       overrides=parse_timing_sets(set_, method_list), max_steps=max_steps, count_flops=flops,
+                       progress=not quiet, command=command)
+    report = run_timing(cfg)
+    typer.echo((Path(report["out"]) / "timing.md").read_text())
+    typer.echo(f"timing report: {report['out']}")
+
+
+__all__ = ["TimingConfig", "run_timing", "timing_cmd", "count_flops", "device_peak", "measure_matmul_peak",
+           "method_flops", "parse_timing_sets", "step_fields", "ratios", "timing_markdown", "timing_plot"]
