@@ -5,6 +5,12 @@ Records (one JSON line per image and component, every metric, timings) are appen
 flight; rerunning into the same folder skips the finished images and the final table
 equals that of an uninterrupted run. ``summary.json``, ``table.md`` and ``grid.png``
 are written atomically at the end.
+
+Under ``torchrun`` (see :mod:`joinbench.distributed`) the images are sharded across the
+processes in whole batches; each rank streams its records to ``records.rank{r}.jsonl`` and
+rank 0 merges them into ``records.jsonl`` in single-process order, so the folder is the
+one a single process would have written. A sharded run interrupted part-way resumes with
+any number of processes (the rank files are folded back in first).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .env import (device_name, git_commit, peak_memory_mb, resolve_device, synchronize,
                   versions, write_atomic, write_json)
 from .errors import JoinbenchError
@@ -160,7 +167,8 @@ def run_benchmark(settings: RunSettings) -> Path:
         raise JoinbenchError(f"--batch-size must be at least 1, got {settings.batch_size}.")
     if settings.limit is not None and settings.limit < 1:
         raise JoinbenchError(f"--limit must be at least 1, got {settings.limit} (leave it out for the whole split).")
-    device = resolve_device(settings.device)
+    ctx = distributed.init(settings.device)  # the single-process context outside torchrun
+    device = ctx.device(settings.device) if ctx.active else resolve_device(settings.device)
     dataset = create_dataset_for_run(settings.dataset, settings.resolution, settings.seed)
     method = create_method(settings.method, **settings.overrides)
     if hasattr(method, "bind_dataset"):  # JoIN picks the dataset's GAN bank; predictions: its forward model
@@ -177,6 +185,7 @@ def run_benchmark(settings: RunSettings) -> Path:
     n_total = len(dataset) if limit is None else min(limit, len(dataset))
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
+    run_dir = Path(ctx.broadcast(str(run_dir)))  # every rank in rank 0's folder (timestamps differ)
     if run_dir.exists() and not run_dir.is_dir():
         raise JoinbenchError(f"--out {run_dir} is a file; give a folder for the run (new, or one to resume).")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,17 +205,23 @@ def run_benchmark(settings: RunSettings) -> Path:
     rec_path = run_dir / "records.jsonl"
     needed_files = lambda i: ([pred_dir / f"{i}.npz"] if settings.save_predictions else []) + (
         [grid_dir / f"{i}.npz"] if i in grid_ids else [])
-    done = _resume(rec_path, set(split_ids), needed_files)
+    done = _resume_sharded(ctx, run_dir, rec_path, split_ids, needed_files)
     todo = n_total - len(done)
     if done:
         print(f"resuming {run_dir}: {len(done)} of {n_total} images already scored, {todo} to go")
+    # Sharding: this process takes whole batches of the unfinished images, round-robin.
+    mine = distributed.shard([i for i in split_ids if i not in done], settings.batch_size, ctx.rank, ctx.world_size)
+    skip = set(split_ids) - set(mine)
+    out_path = _rank_records_path(run_dir, ctx.rank) if ctx.active else rec_path
+    new_records: list[dict[str, Any]] = []
     times, stage_times = [], {}
     t_start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar = tqdm(total=max(todo, 0), unit="img", desc=f"{settings.method} on {settings.dataset}",
-               disable=not settings.progress, dynamic_ncols=True)
-    for batch in dataset.batches(settings.batch_size, limit=n_total, skip=done):
+    bar = tqdm(total=len(mine), unit="img", desc=f"{settings.method} on {settings.dataset}"
+               + (f" (rank 0 of {ctx.world_size})" if ctx.active else ""),
+               disable=not settings.progress or not ctx.is_main, dynamic_ncols=True)
+    for batch in dataset.batches(settings.batch_size, limit=n_total, skip=skip):
         batch = batch.to(device)
         synchronize(device)
         t0 = time.perf_counter()
@@ -229,18 +244,35 @@ def run_benchmark(settings: RunSettings) -> Path:
                 _save_prediction(pred_dir / f"{sid}.npz", dec, i, dataset.forward_model)
             if sid in grid_ids:
                 _save_prediction(grid_dir / f"{sid}.npz", dec, i, dataset.forward_model)
-        _append_records(rec_path, records)
+        _append_records(out_path, records)
+        if ctx.active:
+            new_records.extend(records)
         bar.update(len(batch))
     bar.close()
+    if ctx.active:
+        shares = ctx.gather({"records": new_records, "times": times, "stage_times": stage_times,
+                             "peak_memory_mb": peak_memory_mb(device)})
+        if not ctx.is_main:
+            return _finish_other_rank(ctx, run_dir)
+        times, stage_times = _merge_shares(rec_path, split_ids, shares)
     wall = time.perf_counter() - t_start
 
     wanted = set(split_ids)
     records = [r for r in read_records(rec_path) if r["id"] in wanted]
     summary = _summary(settings, method, dataset, device, records, times, stage_times, wall, n_total, metrics)
+    if ctx.active:
+        summary["environment"]["distributed"] = {
+            "world_size": ctx.world_size, "backend": ctx.backend,
+            "peak_memory_mb_per_rank": [s["peak_memory_mb"] for s in shares],
+            "images_per_rank": [len({r["id"] for r in s["records"]}) for s in shares],
+        }
     write_json(run_dir / "summary.json", summary)
     table = run_table_markdown(summary)
     write_atomic(run_dir / "table.md", table)
     _write_grid(run_dir, dataset, grid_ids, components)
+    if ctx.active:
+        _rank_records_path(run_dir, ctx.rank).unlink(missing_ok=True)
+        ctx.broadcast(table)  # releases the other ranks (see _finish_other_rank)
     return run_dir
 
 
@@ -272,6 +304,82 @@ def _resume(rec_path: Path, split: set[str], needed_files) -> set[str]:
     if rec_path.exists():
         write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     return done
+
+
+# -- sharding hooks (torchrun; see joinbench.distributed) -----------------------------------
+def _rank_records_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / f"records.rank{rank}.jsonl"
+
+
+def _by_split_order(records: list[dict[str, Any]], split_ids: list[str]) -> list[dict[str, Any]]:
+    """Records in the order a single process writes them: images in split order, each
+    image's records in the order they were made (ids outside the split last)."""
+    pos = {sid: k for k, sid in enumerate(split_ids)}
+    return sorted(records, key=lambda r: pos.get(r["id"], len(pos)))
+
+
+def _fold_rank_records(rec_path: Path, split_ids: list[str], rank_records: list[list[dict[str, Any]]]) -> bool:
+    """Move the finished images of an interrupted sharded run (``rank_records``: the contents of
+    its ``records.rank*.jsonl``) into ``records.jsonl``, after the images it already holds.
+    Returns whether anything was added."""
+    old = read_records(rec_path)
+    have = _finished_ids(old)
+    new: list[dict[str, Any]] = []
+    for recs in rank_records:
+        fresh = _finished_ids(recs) - have
+        new += [r for r in recs if r["id"] in fresh]
+        have |= fresh
+    if not new:
+        return False
+    added = {r["id"] for r in new}  # drop half-written records of those images from an earlier crash
+    records = [r for r in old if r["id"] not in added] + _by_split_order(new, split_ids)
+    write_atomic(rec_path, "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in records))
+    return True
+
+
+def _resume_sharded(ctx, run_dir: Path, rec_path: Path, split_ids: list[str], needed_files) -> set[str]:
+    """:func:`_resume` for any number of processes: the records of an interrupted sharded run
+    (its ``records.rank*.jsonl``, whatever its process count) are folded into ``records.jsonl``
+    by rank 0, which then decides which images are finished and tells the others."""
+    own = _rank_records_path(run_dir, ctx.rank)
+    # A rank's own file travels through the process group: on several nodes without a shared
+    # disk rank 0 cannot see it; on one disk rank 0 also picks up files of ranks that no longer exist.
+    shares = ctx.gather(read_records(own) if ctx.active and not ctx.is_main else [])
+    done: set[str] | None = None
+    if ctx.is_main:
+        visible = sorted(run_dir.glob("records.rank*.jsonl"))
+        _fold_rank_records(rec_path, split_ids, [read_records(p) for p in visible] + list(shares or []))
+        for p in visible:
+            p.unlink(missing_ok=True)
+        done = _resume(rec_path, set(split_ids), needed_files)
+    done = set(ctx.broadcast(sorted(done) if done is not None else None))
+    own.unlink(missing_ok=True)  # folded by rank 0 (the broadcast came after the fold)
+    return done
+
+
+def _merge_shares(rec_path: Path, split_ids: list[str], shares: list[dict[str, Any]]):
+    """Rank 0: append every rank's new records to ``records.jsonl`` in split order, and pool
+    the ranks' timings (a summary describes the whole job)."""
+    new = _by_split_order([r for s in shares for r in s["records"]], split_ids)
+    if new:
+        _append_records(rec_path, new)
+    times = [t for s in shares for t in s["times"]]
+    stage_times: dict[str, list[float]] = {}
+    for s in shares:
+        for k, v in s["stage_times"].items():
+            stage_times.setdefault(k, []).extend(v)
+    return times, stage_times
+
+
+def _finish_other_rank(ctx, run_dir: Path) -> Path:
+    """Ranks > 0 end here: wait until rank 0 has written the run's files, then drop the own
+    records file (its records are merged). ``table.md`` is copied where rank 0's is not
+    visible (nodes without a shared disk), so callers that read it work on every rank."""
+    table = ctx.broadcast(None)
+    _rank_records_path(run_dir, ctx.rank).unlink(missing_ok=True)
+    if not (run_dir / "table.md").exists():
+        write_atomic(run_dir / "table.md", table)
+    return run_dir
 
 
 def _decompose(method, batch: Batch) -> Decomposition:
