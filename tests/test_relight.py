@@ -1,0 +1,136 @@
+"""``joinbench relight`` (joinbench.relight) with the full JoIN method on tiny CPU priors
+and encoders exported into a temporary folder."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from joinbench.cli import app
+from joinbench.errors import JoinbenchError
+from joinbench.gan.bank import load_bank, read_sidecar, sidecar_path
+from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from joinbench.gan.train import export_prior
+from joinbench.imageio import write_png
+from joinbench.join.encoder import Encoder, EncoderConfig, export_encoder
+from joinbench.registry import create_method
+from joinbench.relight import relight
+
+RES, WDIM = 16, 16
+TINY = dict(channel_base=256, channel_max=16)
+QUICK = ["steps=2", "pti_steps=2", "perceptual=none", "pti_perceptual=none", "bank_size=64", "mean_samples=256",
+         "pti_disc_samples=2"]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tmp_path_factory):
+    """Tiny random materials priors and encoders (albedo, shading, specular)."""
+    folder = tmp_path_factory.mktemp("bank")
+    for i, c in enumerate(("albedo", "shading", "specular")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(60 + i)
+            G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, **TINY))
+            D = Discriminator(DiscriminatorConfig(resolution=RES, **TINY))
+            with torch.no_grad():
+                G.mapping.w_avg.normal_(0, 0.1)
+            enc = Encoder(EncoderConfig(resolution=RES, w_dim=WDIM, stem_width=8, widths=(8, 8)))
+            enc.set_latent_stats(G.mapping.w_avg, torch.full((WDIM,), 0.3))
+        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
+        sha = read_sidecar(sidecar_path("materials", c, folder), "materials", c)["sha256"]["G"]
+        export_encoder(folder, "materials", c, enc, {"prior": {"sha256": sha}})
+    return folder
+
+
+def method(bank_dir, name="join"):
+    kw = dict(s.split("=", 1) for s in QUICK)
+    return create_method(name, priors_path=str(bank_dir), encoders_path=str(bank_dir), **kw)
+
+
+def images(n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, RES, RES, generator=g) * 0.8 + 0.1 for _ in range(n)]
+
+
+def test_own_shading_gives_back_the_rerender(bank_dir):
+    """Relighting an image with its own lighting must reproduce its re-rendering."""
+    img, _ = images()
+    res = relight(method(bank_dir), img, shading_from=img)
+    dec = res.decomposition
+    assert torch.allclose(dec.shading[0], dec.shading[1]) and len(res.relit) == 1
+    assert torch.allclose(res.relit[0], dec.rerender[0].cpu(), atol=1e-6)
+    assert [t.shape for t in res.rows()[0]] == [(3, RES, RES)] * 4
+
+
+def test_shading_from_another_image_keeps_the_albedo(bank_dir):
+    a, b = images()
+    res = relight(method(bank_dir), a, shading_from=b)
+    dec = res.decomposition
+    assert torch.equal(res.albedo, dec.albedo[0].cpu())
+    assert torch.equal(res.shading[0], dec.shading[1].cpu()) and torch.equal(res.specular[0], dec.specular[1].cpu())
+    assert torch.allclose(res.relit[0], dec.forward_model.render(dec.albedo[:1], dec.shading[1:], dec.specular[1:])[0])
+    kept = relight(method(bank_dir), a, shading_from=b, keep_specular=True)
+    assert torch.equal(kept.specular[0], kept.decomposition.specular[0].cpu())
+
+
+def test_random_shading_comes_from_the_prior(bank_dir):
+    img, _ = images()
+    res = relight(method(bank_dir, "join-meaninit"), img, random_shading=2, seed=5)
+    assert len(res.relit) == 2 and not torch.allclose(res.shading[0], res.shading[1])
+    bank = load_bank("materials", components=("shading",), path=bank_dir)
+    fm = res.forward_model
+    expected = fm.decode("shading", bank["shading"].sample(2, 5, 0.7), clip=True)
+    assert torch.allclose(torch.stack(res.shading), expected, atol=1e-6)
+    with pytest.raises(JoinbenchError, match="not both"):
+        relight(method(bank_dir), img, shading_from=img, random_shading=1)
+
+
+def test_cli_writes_the_strip(bank_dir, tmp_path):
+    a, b = images()
+    write_png(tmp_path / "a.png", a)
+    write_png(tmp_path / "b.png", b)
+    sets = [x for s in QUICK + [f"priors_path={bank_dir}", f"encoders_path={bank_dir}"] for x in ("--set", s)]
+    out = tmp_path / "strip.png"
+    result = CliRunner().invoke(app, ["relight", str(tmp_path / "a.png"), "--shading-from", str(tmp_path / "b.png"),
+                                      "--out", str(out), "--device", "cpu", "--resolution", str(RES), *sets])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output and "pti" in result.output
+    cell, pad, header = 64, 2, 14  # viz.grid_image: cells of max(64, resolution) px
+    assert Image.open(out).size == (4 * (cell + pad) + pad, header + cell + 2 * pad)
+    out2 = tmp_path / "random.png"
+    result = CliRunner().invoke(app, ["relight", "--dataset", "materials", "--index", "1", "--random-shading", "2",
+                                      "--out", str(out2), "--device", "cpu", "--resolution", str(RES),
+                                      "--method", "join-nopti", *sets])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out2).size[1] == header + 2 * (cell + pad) + pad
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--out", "x.png", "--random-shading", "1"], "Name the image to relight"),
+    (["img.png", "--out", "x.png"], "exactly one new lighting"),
+    (["img.png", "--out", "x.png", "--random-shading", "2", "--shading-from", "b.png"], "exactly one new lighting"),
+    (["img.png", "--out", "x.jpg", "--random-shading", "2"], "give a .png file name"),
+    (["img.png", "--out", "x.png", "--shading-index", "2"], "--shading-index picks a test image"),
+    (["--dataset", "materials", "--index", "100000", "--out", "x.png", "--random-shading", "1", "--resolution", "16"],
+     "out of range"),
+])
+def test_cli_errors_are_one_line(args, match, tmp_path):
+    result = CliRunner().invoke(app, ["relight", *args])
+    assert isinstance(result.exception, JoinbenchError), result.output
+    assert match in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_missing_image_file_is_an_image_error(tmp_path):
+    result = CliRunner().invoke(app, ["relight", str(tmp_path / "none.png"), "--random-shading", "1",
+                                      "--out", str(tmp_path / "x.png")])
+    assert isinstance(result.exception, JoinbenchError) and "no such file" in str(result.exception)
