@@ -74,7 +74,11 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert s["environment"]["distributed"]["world_size"] == 2 and s["environment"]["distributed"]["backend"] == "gloo"
     assert s["environment"]["distributed"]["images_per_rank"] == [4, 3]  # batches 0, 2 | 1, 3 of 2 images
     assert s["results"] == json.loads((single / "summary.json").read_text())["results"]
-    assert (out / "grid.png").is_file() and (out / "table.md").read_text() == (single / "table.md").read_text()
+    def rows(path):  # the table itself; the header names the device, whose thread count may differ
+        return [line for line in path.read_text().splitlines() if line.startswith("|")]
+
+    assert (out / "grid.png").is_file() and rows(out / "table.md") == rows(single / "table.md")
+    assert rows(out / "table.md")
 
 
 def test_interrupted_sharded_run_resumes_in_one_process(tmp_path, monkeypatch):
