@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import inspect
 import math
 import shlex
 import sys
@@ -54,6 +53,7 @@ import typer
 from .env import device_name, git_commit, peak_memory_mb, resolve_device, synchronize, versions, write_atomic, write_json
 from .errors import JoinbenchError
 from .registry import DATASETS, METHODS, create_method
+from .runner import create_dataset_for_run
 from .types import Batch, Decomposition
 
 CPU_MAX_STEPS = 10  # default cap of step fields on a CPU (per-step times do not depend on it)
@@ -280,15 +280,6 @@ def measure_matmul_peak(device: torch.device, seconds: float = 1.0) -> dict[str,
 # ---------------------------------------------------------------------------------------
 # running methods
 # ---------------------------------------------------------------------------------------
-def create_dataset_for_timing(name: str, resolution: int, seed: int):
-    """Create a dataset with only the options its factory accepts (real photos have no seed)."""
-    entry, _ = DATASETS.get(name)
-    params = inspect.signature(entry.factory).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in {"resolution": resolution, "seed": seed}.items() if accepts_any or k in params}
-    return DATASETS.create(name, **kwargs)
-
-
 def build_method(name: str, overrides: dict[str, Any], dataset, device: torch.device):
     """A method on ``device`` bound to ``dataset`` (JoIN and the U-Net pick the dataset's
     weights unless set), as the runner builds it."""
@@ -418,7 +409,7 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
     _check(cfg)
     device = resolve_device(cfg.device)
     overrides, capped = resolve_overrides(cfg, device)
-    dataset = create_dataset_for_timing(cfg.dataset, cfg.resolution, cfg.seed)
+    dataset = create_dataset_for_run(cfg.dataset, cfg.resolution, cfg.seed)
     out = Path(cfg.out) if cfg.out else Path("runs") / (
         f"timing-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cfg.dataset)[:60])
     if out.exists() and not out.is_dir():
