@@ -648,6 +648,14 @@ def plan_ablation(settings: AblationSettings):
     return spec, plans, out, ctx, device, dataset
 
 
+def _show_plans(plans, ctx) -> None:
+    """``--check``: each run, whether it is finished (and will be reused) and its command."""
+    if ctx.is_main:
+        for p in plans:
+            state = "finished, will be reused" if finished_summary(p) else "to run"
+            print(f"{p.label}: {state}: {p.command()}")
+
+
 def run_ablation(settings: AblationSettings) -> Path:
     """Run (or reuse) every variant of the spec on the dataset and write ``ablation.md``,
     ``.csv``, ``.json`` and ``.tex`` into the output folder, which is returned."""
@@ -656,10 +664,7 @@ def run_ablation(settings: AblationSettings) -> Path:
     t0 = time.perf_counter()
     spec, plans, out, ctx, device, dataset = plan_ablation(settings)
     if settings.check_only:
-        if ctx.is_main:
-            for p in plans:
-                state = "finished, will be reused" if finished_summary(p) else "to run"
-                print(f"{p.label}: {state}: {p.command()}")
+        _show_plans(plans, ctx)
         return out
     outcomes = execute(plans, ctx, out)
     if not ctx.is_main:
@@ -837,10 +842,7 @@ def run_comparison(settings: CompareSettings) -> Path:
     for p in flat:
         p.label = f"{p.method} on {p.dataset}"
     if settings.check_only:
-        if ctx.is_main:
-            for p in flat:
-                state = "finished, will be reused" if finished_summary(p) else "to run"
-                print(f"{p.label}: {state}: {p.command()}")
+        _show_plans(flat, ctx)
         return out
     outcomes = execute(flat, ctx, out)
     if not ctx.is_main:
