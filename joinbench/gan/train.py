@@ -540,6 +540,15 @@ def _truncate_log(path: Path, max_nimg: int) -> None:
     write_atomic(path, "".join(line + "\n" for line in keep))
 
 
+def last_logged_rate(log_path: Path) -> float | None:
+    """images/s of the last ``log.jsonl`` line (the sidecars' throughput), None without one."""
+    if not log_path.is_file():
+        return None
+    with contextlib.suppress(Exception):
+        return json.loads(log_path.read_text().splitlines()[-1]).get("images_per_s")
+    return None
+
+
 def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the prior(s) of ``cfg``; returns the output folder holding the export."""
     from tqdm import tqdm
@@ -635,10 +644,7 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     finally:
         bar.close()
 
-    last_rate = None
-    if log_path.is_file():
-        with contextlib.suppress(Exception):
-            last_rate = json.loads(log_path.read_text().splitlines()[-1]).get("images_per_s")
+    last_rate = last_logged_rate(log_path)
     info = {
         "images_seen": cur_nimg, "kimg": cur_nimg / 1000, "wall_time_s": round(wall_s, 1),
         "device": device_name(device), "commit": git_commit(), "versions": versions(),

@@ -59,7 +59,6 @@ Problems are one-line :class:`EncoderError` messages.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -732,10 +731,9 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
         bar.close()
 
     # export: weights first, then the gain with the exported (fp16-rounded) weights, then sidecars
-    last_rate = None
-    if log_path.is_file():
-        with contextlib.suppress(Exception):
-            last_rate = json.loads(log_path.read_text().splitlines()[-1]).get("images_per_s")
+    from ..gan.train import last_logged_rate
+
+    last_rate = last_logged_rate(log_path)
     written, shipped = {}, {}
     for t in trainers:
         weights, sha = _write_weights(out, cfg.dataset, t.name, t.encoder.eval())
