@@ -29,16 +29,17 @@ def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
     first = next(t for r in rows for t in r if t is not None)
     size = cell or max(64, first.shape[-1])
     ncol = max(len(r) for r in rows)
-    header = 14 if labels else 0
+    font = ImageFont.load_default()
+    wrapped = [_wrap(label, font, size - 4) for label in labels or []]
+    header = 12 * max(len(w) for w in wrapped) + 2 if wrapped else 0
     width = ncol * (size + pad) + pad
     height = header + len(rows) * (size + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    if labels:
-        for j, label in enumerate(labels):
-            x = pad + j * (size + pad)
-            draw.text((x + 2, 1), label[: max(4, size // 6)], fill=(0, 0, 0), font=font)
+    for j, lines in enumerate(wrapped):
+        x = pad + j * (size + pad)
+        for k, line in enumerate(lines):
+            draw.text((x + 2, 1 + 12 * k), line, fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):
         for j, t in enumerate(row):
             x, y = pad + j * (size + pad), header + pad + i * (size + pad)
@@ -50,6 +51,20 @@ def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
                 tile = tile.resize((size, size), Image.NEAREST)
             canvas.paste(tile, (x, y))
     return canvas
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide in ``font`` (a word longer
+    than a line is cut), so column labels are never silently truncated."""
+    lines: list[str] = []
+    for word in text.split():
+        while font.getlength(word) > width and len(word) > 1:
+            word = word[:-1]
+        if lines and font.getlength(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:

@@ -105,7 +105,7 @@ def test_cli_writes_the_strip(bank_dir, tmp_path):
                                       "--out", str(out), "--device", "cpu", "--resolution", str(RES), *sets])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "pti" in result.output
-    cell, pad, header = 64, 2, 14  # viz.grid_image: cells of max(64, resolution) px
+    cell, pad, header = 64, 2, 26  # viz.grid_image: cells of max(64, resolution) px; "new shading" takes 2 lines
     assert Image.open(out).size == (4 * (cell + pad) + pad, header + cell + 2 * pad)
     out2 = tmp_path / "random.png"
     result = CliRunner().invoke(app, ["relight", "--dataset", "materials", "--index", "1", "--random-shading", "2",
