@@ -6,13 +6,18 @@ A test module names its family with a module-level ``family`` fixture (``"faces"
 ``res`` (their resolution).
 Datasets and rendered test batches are made once per session and shared between modules:
 tests must not modify them in place.
+
+``tiny_env`` is the environment of the tests on tiny random priors (tiny_world.py); their
+modules turn it on with ``pytestmark = pytest.mark.usefixtures("tiny_env")``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import pytest
+import torch
 
 from joinbench.registry import create_dataset
 
@@ -79,3 +84,18 @@ def clean_batch(spec):
 @pytest.fixture(scope="module")
 def shift_batch(spec):
     return _test_batch(f"{spec.name}-shift", spec.batch)
+
+
+@pytest.fixture
+def tiny_env(monkeypatch, tmp_path_factory):
+    """One intra-op thread (tiny convolutions on a shared 2-core machine) and a private
+    JOINBENCH_HOME for latent-bank caches, keeping the real LPIPS weight cache."""
+    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
+
+    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
+        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))  # read before JOINBENCH_HOME moves
+    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

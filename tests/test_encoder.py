@@ -7,54 +7,26 @@ only (``perceptual="none"``) for speed; the faces stream renders fastest. CPU, o
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from joinbench.errors import JoinbenchError
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
 from joinbench.join.encoder import (Encoder, EncoderConfig, EncoderError, EncoderTrainConfig, count_parameters,
                                     load_encoders, steps_to_stay_below, train_encoders)
 
-RES, WDIM = 16, 16
-TINY = dict(channel_base=256, channel_max=16)
+from .tiny_world import RES, WDIM, WITH_JOINT, export_tiny_priors
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 FAST_GAIN = dict(bank_size=300, mean_samples=500, radius_samples=100)
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    """One intra-op thread and a private JOINBENCH_HOME (latent-bank caches), keeping the
-    real LPIPS weight cache."""
-    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
-
-    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
-        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))  # read before JOINBENCH_HOME moves
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home-encoder"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def priors(tmp_path_factory):
     """Tiny random faces priors: albedo, shading, specular and joint (9 channels)."""
-    folder = tmp_path_factory.mktemp("enc-priors")
-    for i, c in enumerate(("albedo", "shading", "specular", "joint")):
-        ch = 9 if c == "joint" else 3
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(20 + i)
-            G = Generator(GeneratorConfig(resolution=RES, img_channels=ch, z_dim=WDIM, w_dim=WDIM, **TINY))
-            D = Discriminator(DiscriminatorConfig(resolution=RES, img_channels=ch, **TINY))
-            with torch.no_grad():
-                for conv in G.synthesis.convs:
-                    conv.noise_strength.fill_(0.2)
-                G.mapping.w_avg.normal_(0, 0.1)
-        export_prior(folder, "faces", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
-    return folder
+    return export_tiny_priors(tmp_path_factory.mktemp("enc-priors"), seed=20, dataset="faces", components=WITH_JOINT)
 
 
 def tiny_cfg(priors, out, **kw) -> EncoderTrainConfig:

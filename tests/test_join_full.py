@@ -5,70 +5,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 
 import pytest
 import torch
 
 from joinbench.errors import JoinbenchError
-from joinbench.gan.bank import read_sidecar, sidecar_path
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
-from joinbench.join.encoder import Encoder, EncoderConfig, export_encoder
 from joinbench.join.pti import PTIConfig
 from joinbench.methods.join import JoinFull, JoinFullConfig, pti_config
 from joinbench.registry import create_method, list_methods
 from joinbench.runner import RunSettings, read_records, run_benchmark
 
-RES, WDIM = 16, 16
-TINY = dict(channel_base=256, channel_max=16)
+from .tiny_world import RES, WDIM, WITH_JOINT, export_tiny_priors
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 VARIANTS = ("join", "join-nopti", "join-meaninit", "join-pti-nodisc", "join-joint-prior")
-PRIORS = ("albedo", "shading", "specular", "joint")
 # small everything: 2 stage-1 steps, 3 PTI steps, pixel losses only, small statistics
 QUICK = {"steps": "2", "pti_steps": "3", "perceptual": "none", "pti_perceptual": "none", "bank_size": "64",
          "mean_samples": "256", "pti_disc_samples": "2", "pti_log_every": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
-
-    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
-        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def export_tiny_bank(folder):
-    """Random tiny materials priors (albedo, shading, specular, joint) and an encoder for
-    each, with a random head so their latents differ from the mean latent."""
-    for i, c in enumerate(PRIORS):
-        ch = 9 if c == "joint" else 3
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(40 + i)
-            G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, img_channels=ch, **TINY))
-            D = Discriminator(DiscriminatorConfig(resolution=RES, img_channels=ch, **TINY))
-            with torch.no_grad():
-                for conv in G.synthesis.convs:
-                    conv.noise_strength.fill_(0.2)
-                G.mapping.w_avg.normal_(0, 0.1)
-            enc = Encoder(EncoderConfig(resolution=RES, w_dim=WDIM, stem_width=8, widths=(8, 8)))
-            with torch.no_grad():
-                enc.head.weight.normal_(0, 0.1)
-                enc.head.bias.normal_(0, 0.5)
-            enc.set_latent_stats(G.mapping.w_avg, torch.full((WDIM,), 0.3))
-        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
-        sha = read_sidecar(sidecar_path("materials", c, folder), "materials", c)["sha256"]["G"]
-        export_encoder(folder, "materials", c, enc, {"prior": {"sha256": sha}})
-    return folder
-
-
 @pytest.fixture(scope="module")
 def bank_dir(tmp_path_factory):
-    return export_tiny_bank(tmp_path_factory.mktemp("bank"))
+    """Random tiny materials priors (albedo, shading, specular, joint) and an encoder for
+    each, with a random head so their latents differ from the mean latent."""
+    return export_tiny_priors(tmp_path_factory.mktemp("bank"), seed=40, components=WITH_JOINT, encoders=True,
+                              encoder_head=(0.1, 0.5))
 
 
 def quick(bank_dir, **kw):

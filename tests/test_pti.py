@@ -8,7 +8,6 @@ LPIPS off except where it is the point; one intra-op thread.
 from __future__ import annotations
 
 import gc
-import os
 import weakref
 
 import pytest
@@ -17,42 +16,26 @@ from torch import nn
 
 from joinbench.errors import JoinbenchError
 from joinbench.gan.bank import load_bank
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
+from joinbench.gan.model import Generator
 from joinbench.join.pti import PivotalTuner, PTIConfig, select_parameters, tuned_generator
 from joinbench.join.stage1 import JointInverter, Stage1Config
 from joinbench.registry import create_forward_model
 
-RES, WDIM = 16, 16
-TINY = dict(channel_base=256, channel_max=16)
+from .tiny_world import COMPONENTS, RES, export_tiny_prior, liven_, tiny_discriminator, tiny_generator
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 S1 = dict(perceptual="none", regulariser="none", mean_samples=500, log_every=1)
 FAST = dict(perceptual="none", log_every=1, disc_samples=4)  # PTI: pixel loss, 4 neighbours per step
 TINT = torch.tensor([1.3, 0.9, 0.6]).view(1, 3, 1, 1)
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    """One intra-op thread and a private JOINBENCH_HOME (keeping the LPIPS weight cache)."""
-    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
-
-    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
-        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def grey_generator(seed: int, channels: int = 3) -> Generator:
     """A random tiny generator whose output channels are equal within each RGB group."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, img_channels=channels, **TINY))
+        G = liven_(tiny_generator(channels))
         with torch.no_grad():
-            for conv in G.synthesis.convs:
-                conv.noise_strength.fill_(0.2)
-            G.mapping.w_avg.normal_(0, 0.1)
             for t in G.synthesis.torgbs:
                 for g in range(0, channels, 3):
                     t.conv.weight[g + 1:g + 3] = t.conv.weight[g:g + 1]
@@ -62,16 +45,17 @@ def grey_generator(seed: int, channels: int = 3) -> Generator:
 
 
 def export_grey_priors(folder, joint: bool = False):
-    for i, c in enumerate(("albedo", "shading", "specular")):
+    """Grey priors (generators seeded 10 + i, discriminators 20 + i; the joint one 13 and 30)."""
+    for i, c in enumerate(COMPONENTS):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(20 + i)
-            D = Discriminator(DiscriminatorConfig(resolution=RES, **TINY))
-        export_prior(folder, "materials", c, grey_generator(10 + i), D, {"images_seen": 0, "forward_model": "reinhard"})
+            D = tiny_discriminator()
+        export_tiny_prior(folder, "materials", c, grey_generator(10 + i), D)
     if joint:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(30)
-            D = Discriminator(DiscriminatorConfig(resolution=RES, img_channels=9, **TINY))
-        export_prior(folder, "materials", "joint", grey_generator(13, 9), D, {"images_seen": 0, "forward_model": "reinhard"})
+            D = tiny_discriminator(9)
+        export_tiny_prior(folder, "materials", "joint", grey_generator(13, 9), D)
     return folder
 
 

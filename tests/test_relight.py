@@ -2,7 +2,6 @@
 and encoders exported into a temporary folder."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from PIL import Image
@@ -10,46 +9,24 @@ from typer.testing import CliRunner
 
 from joinbench.cli import app
 from joinbench.errors import JoinbenchError
-from joinbench.gan.bank import load_bank, read_sidecar, sidecar_path
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
+from joinbench.gan.bank import load_bank
 from joinbench.imageio import write_png
-from joinbench.join.encoder import Encoder, EncoderConfig, export_encoder
 from joinbench.registry import create_method
 from joinbench.relight import relight
 
-RES, WDIM = 16, 16
-TINY = dict(channel_base=256, channel_max=16)
+from .tiny_world import RES, export_tiny_priors
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 QUICK = ["steps=2", "pti_steps=2", "perceptual=none", "pti_perceptual=none", "bank_size=64", "mean_samples=256",
          "pti_disc_samples=2"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bank_dir(tmp_path_factory):
-    """Tiny random materials priors and encoders (albedo, shading, specular)."""
-    folder = tmp_path_factory.mktemp("bank")
-    for i, c in enumerate(("albedo", "shading", "specular")):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(60 + i)
-            G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, **TINY))
-            D = Discriminator(DiscriminatorConfig(resolution=RES, **TINY))
-            with torch.no_grad():
-                G.mapping.w_avg.normal_(0, 0.1)
-            enc = Encoder(EncoderConfig(resolution=RES, w_dim=WDIM, stem_width=8, widths=(8, 8)))
-            enc.set_latent_stats(G.mapping.w_avg, torch.full((WDIM,), 0.3))
-        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
-        sha = read_sidecar(sidecar_path("materials", c, folder), "materials", c)["sha256"]["G"]
-        export_encoder(folder, "materials", c, enc, {"prior": {"sha256": sha}})
-    return folder
+    """Tiny random materials priors and encoders (albedo, shading, specular); noise strength
+    left at 0, encoder heads at zero (they predict w_avg)."""
+    return export_tiny_priors(tmp_path_factory.mktemp("bank"), seed=60, noise_strength=None, encoders=True)
 
 
 def method(bank_dir, name="join"):

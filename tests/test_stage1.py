@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
 
 from joinbench.errors import JoinbenchError
 from joinbench.gan.bank import load_bank
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
 from joinbench.join.losses import noise_regularisation, normalise_noise_
 from joinbench.join.regularisers import (KnnHingeRegulariser, derive_hinge_radius, hinge_value,
                                          knn_mean_distances, knn_search)
@@ -24,43 +21,19 @@ from joinbench.join.stage1 import JointInverter, Stage1Config, lr_ramp
 from joinbench.registry import create_forward_model, create_method, list_methods
 from joinbench.runner import RunSettings, read_records, run_benchmark
 
-RES, WDIM = 16, 16
-TINY = dict(channel_base=256, channel_max=16)
+from .tiny_world import RES, WDIM, export_tiny_priors
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 VARIANTS = ("join-s1", "join-s1-noreg", "join-s1-indomain", "join-s1-knn-hinge", "join-s1-wplus", "join-s1-nospecular")
 # fast defaults for the inverter: no LPIPS, small banks and statistics
 FAST = dict(perceptual="none", bank_size=500, mean_samples=1000, radius_samples=200, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    """One intra-op thread (tiny convolutions on a shared 2-core machine) and a private
-    JOINBENCH_HOME for latent-bank caches, keeping the real LPIPS weight cache."""
-    from joinbench.lpips_weights import ENV_WEIGHTS, cache_dir, cached_path
-
-    if ENV_WEIGHTS not in os.environ and cached_path("vgg").is_file():
-        monkeypatch.setenv(ENV_WEIGHTS, str(cache_dir()))  # read before JOINBENCH_HOME moves
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def priors(tmp_path_factory):
     """A folder with tiny random materials priors for albedo, shading and specular."""
-    folder = tmp_path_factory.mktemp("priors")
-    for i, c in enumerate(("albedo", "shading", "specular")):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(10 + i)
-            G = Generator(GeneratorConfig(resolution=RES, z_dim=WDIM, w_dim=WDIM, **TINY))
-            D = Discriminator(DiscriminatorConfig(resolution=RES, **TINY))
-            with torch.no_grad():
-                for conv in G.synthesis.convs:
-                    conv.noise_strength.fill_(0.2)  # noise maps matter for the image
-                G.mapping.w_avg.normal_(0, 0.1)
-        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
-    return folder
+    return export_tiny_priors(tmp_path_factory.mktemp("priors"), seed=10)
 
 
 def make_inverter(priors, fm="reinhard", **kw) -> JointInverter:
@@ -354,17 +327,7 @@ def test_runner_binds_the_dataset_domain_prior():
 @pytest.fixture(scope="module")
 def joint_prior(tmp_path_factory):
     """A folder with a tiny random 9-channel materials joint prior (albedo | shading | specular)."""
-    folder = tmp_path_factory.mktemp("joint-prior")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(40)
-        G = Generator(GeneratorConfig(resolution=RES, img_channels=9, z_dim=WDIM, w_dim=WDIM, **TINY))
-        D = Discriminator(DiscriminatorConfig(resolution=RES, img_channels=9, **TINY))
-        with torch.no_grad():
-            for conv in G.synthesis.convs:
-                conv.noise_strength.fill_(0.2)
-            G.mapping.w_avg.normal_(0, 0.1)
-    export_prior(folder, "materials", "joint", G, D, {"images_seen": 0, "forward_model": "reinhard"})
-    return folder
+    return export_tiny_priors(tmp_path_factory.mktemp("joint-prior"), seed=40, components=("joint",))
 
 
 def make_joint_inverter(folder, fm="reinhard", **kw) -> JointInverter:

@@ -16,40 +16,25 @@ import torch
 from PIL import Image
 
 from joinbench.errors import JoinbenchError
-from joinbench.gan.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from joinbench.gan.train import export_prior
 from joinbench.registry import create_dataset, create_method
 from joinbench.timing import (CPU_MAX_STEPS, TimingConfig, _ImagePool, count_flops, device_peak, method_flops,
                               parse_batch_sizes, parse_timing_sets, resolve_overrides, run_timing, step_fields)
 
-RES = 16
+from .tiny_world import RES, export_tiny_priors
+
+pytestmark = pytest.mark.usefixtures("tiny_env")
+
 METHODS = ("join-s1", "unet", "trivial", "color-retinex")
 SIZES = (1, 2)
 # tiny-prior join-s1: no LPIPS, small latent banks and statistics
 FAST_JOIN = dict(perceptual="none", bank_size=500, mean_samples=1000, radius_samples=200)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path_factory):
-    """One intra-op thread and a private JOINBENCH_HOME for the latent-bank caches."""
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def priors(tmp_path_factory):
-    """Tiny random materials priors (albedo, shading, specular) in a folder."""
-    folder = tmp_path_factory.mktemp("priors")
-    for i, c in enumerate(("albedo", "shading", "specular")):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(10 + i)
-            G = Generator(GeneratorConfig(resolution=RES, z_dim=16, w_dim=16, channel_base=256, channel_max=16))
-            D = Discriminator(DiscriminatorConfig(resolution=RES, channel_base=256, channel_max=16))
-        export_prior(folder, "materials", c, G, D, {"images_seen": 0, "forward_model": "reinhard"})
-    return folder
+    """Tiny random materials priors (albedo, shading, specular) in a folder, as constructed
+    (noise strength and w_avg left at 0)."""
+    return export_tiny_priors(tmp_path_factory.mktemp("priors"), seed=10, noise_strength=None, w_avg_std=None)
 
 
 @pytest.fixture(scope="module")
