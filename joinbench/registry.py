@@ -20,7 +20,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UnknownNameError
+from .errors import JoinbenchError, UnknownNameError
 
 
 @dataclass
@@ -150,9 +150,16 @@ def _load_builtin_entries() -> None:
     for module in BUILTIN_MODULES:
         try:
             importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a room not built yet must not break the others
+        except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+            # Every built-in module ships with the package: one that cannot be found means a
+            # broken install (typically an editable install whose checkout moved), which would
+            # otherwise surface later as "Unknown dataset 'materials'" with an empty list.
+            raise JoinbenchError(
+                f"{module} cannot be imported, so joinbench's install is broken or stale (an editable "
+                f"install of a checkout that moved?); reinstall it: pip install -e <joinbench checkout>."
+            ) from None
 
 
 METHODS = Registry("method")

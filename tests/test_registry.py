@@ -100,3 +100,23 @@ def test_cli_datasets_preview_info_export(tmp_path):
         "albedo", "dataset.json", "linear", "materials-00000.png", "materials-00001.png", "shading", "specular"]
     out = _cli("datasets", "export", "materials", "--out", str(tmp_path / "e2"), "--limit", "0")
     assert out.returncode == 2 and "--limit must be at least 1" in out.stderr
+
+
+def test_a_missing_builtin_module_is_a_broken_install_not_an_empty_registry(monkeypatch):
+    """A stale editable install cannot import joinbench.datasets; say so instead of listing
+    no datasets."""
+    import importlib
+
+    from joinbench import registry
+    from joinbench.errors import JoinbenchError
+
+    real = importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name == "joinbench.datasets":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(JoinbenchError, match=r"joinbench.datasets cannot be imported.*reinstall"):
+        registry._load_builtin_entries()
