@@ -545,7 +545,7 @@ def comparison_sentence(variant: str, baseline: str, diffs: list[Difference]) ->
     head = f"{variant} vs {baseline} ({n} images, paired): "
     if not better and not worse:
         return head + (f"none of the {len(scored)} differences lies outside its 95% interval, so this test set "
-                       "does not tell them apart.")
+                       "does not tell them apart.") + _few_images_caveat(n)
     parts = []
     if worse:
         parts.append(f"worse outside the 95% interval on {items(worse)}")
@@ -553,7 +553,21 @@ def comparison_sentence(variant: str, baseline: str, diffs: list[Difference]) ->
         parts.append(f"better outside the 95% interval on {items(better)}")
     rest = len(scored) - len(better) - len(worse)
     tail = f"; the other {rest} of {len(scored)} differences lie inside their intervals." if rest else "."
-    return head + "; ".join(parts) + tail
+    return head + "; ".join(parts) + tail + _few_images_caveat(n)
+
+
+FEW_IMAGES = 10  # below this, a bootstrap interval is not a test (see _few_images_caveat)
+
+
+def _few_images_caveat(n: int) -> str:
+    """Resampling n images gives at most n distinct means per side: with 2 images the 95%
+    interval is the range of the two differences, so 'outside' only means both images
+    agree in sign. Say so rather than let a 2-image table read like a significance test."""
+    if n >= FEW_IMAGES:
+        return ""
+    return (f" With only {n} images the interval is little more than the range of the per-image differences "
+            f"(a difference lies outside it whenever all {n} agree in sign): descriptive, not a test; "
+            "use more images (--limit) for a claim.")
 
 
 def _environment_line(ctx, device, code: dict[str, str], wall: float, outcomes: list[RunOutcome]) -> str:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# After scripts/gpu_train_priors.sh on the same machine: install its priors into
-# joinbench/weights/ and time join-s1 on the GPU, keeping the predictions to score here.
+# Stage 1's speed on a GPU (the stage-1 issue's H100 figures): join-s1 at batch 1 and batch 64
+# (STEPS steps each: per-step cost and the batched speed-up), then 100 materials test images x
+# 1000 steps in one batch, keeping the predictions to score here (exact fp32 LPIPS).
+# Uses the shipped priors, or those of scripts/gpu_train_priors.sh when it ran before on the
+# same machine (runs/priors/).
 #   device run (carry: carry/ with lpips-*.whl and vgg16-features.fp16.safetensors):
 #     bash scripts/gpu_join_timing.sh SECONDS     # wall budget of the 100 x 1000-step run
 #   returns $OUT/join-timing.tar: runs/gpu-join/{b1,b64,full-materials}/ (records, summary, predictions)
@@ -10,7 +13,7 @@ device=${DEVICE:-cuda}  # DEVICE=cpu STEPS=2: a smoke test of this script
 steps=${STEPS:-100}
 dest=${OUT:-runs/gpu-out}
 mkdir -p "$dest" runs/gpu-join
-find runs/priors -mindepth 2 -maxdepth 2 \( -name '*-G.safetensors' -o -name '*-D.safetensors' \
+[ -d runs/priors ] && find runs/priors -mindepth 2 -maxdepth 2 \( -name '*-G.safetensors' -o -name '*-D.safetensors' \
   -o -name 'materials-*.json' -o -name 'faces-*.json' \) -exec cp {} joinbench/weights/ \;
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site carry/lpips-*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 JOINBENCH_LPIPS_WEIGHTS=$PWD/carry

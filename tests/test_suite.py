@@ -161,7 +161,7 @@ def test_spec_names_resolve(tmp_path):
 
 # -- comparisons ---------------------------------------------------------------------------
 def test_paired_differences_and_sentences():
-    ids = [f"i{k}" for k in range(8)]
+    ids = [f"i{k}" for k in range(12)]
     base = {("albedo", "mse"): {i: 0.1 + 0.01 * k for k, i in enumerate(ids)},
             ("albedo", "ssim"): {i: 0.5 + 0.01 * k for k, i in enumerate(ids)},
             ("image", "mse"): {i: 0.2 for i in ids}}
@@ -172,9 +172,9 @@ def test_paired_differences_and_sentences():
     cols = [("albedo", "mse"), ("albedo", "ssim"), ("image", "mse")]
     diffs = paired_differences(var, base, cols, {"mse": False, "ssim": True})
     assert [d.verdict for d in diffs] == ["worse", "better", "inside"]
-    assert diffs[0].diff == pytest.approx(0.05) and diffs[0].n == 8 and diffs[0].ci_low > 0
+    assert diffs[0].diff == pytest.approx(0.05) and diffs[0].n == 12 and diffs[0].ci_low > 0
     s = comparison_sentence("none", "knn", diffs)
-    assert s.startswith("none vs knn (8 images, paired): worse outside the 95% interval on albedo MSE (+0.0500")
+    assert s.startswith("none vs knn (12 images, paired): worse outside the 95% interval on albedo MSE (+0.0500")
     assert "better outside the 95% interval on albedo SSIM (+0.1000" in s
     assert s.endswith("the other 1 of 3 differences lie inside their intervals.")
     same = paired_differences(base, base, cols, {"mse": False, "ssim": True})
@@ -183,6 +183,12 @@ def test_paired_differences_and_sentences():
     one = paired_differences({("albedo", "mse"): {"i0": 1.0}}, base, cols[:1], {})
     assert one[0].verdict == "n/a" and "too few images" in comparison_sentence("a", "b", one)
     assert isinstance(one[0], Difference)
+    # 2 images that agree in sign are 'outside' the interval: the sentence must say that this is no test
+    two = {k: {i: v[i] for i in ids[:2]} for k, v in var.items()}
+    few = comparison_sentence("none", "knn", paired_differences(two, base, cols, {"mse": False, "ssim": True}))
+    assert "worse outside the 95% interval on albedo MSE" in few
+    assert "With only 2 images" in few and "descriptive, not a test" in few
+    assert "With only" not in s
 
 
 # -- ablate end to end --------------------------------------------------------------------
