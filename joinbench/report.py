@@ -84,6 +84,8 @@ def _markdown(frame, ci, best, directions, summaries, title) -> str:
 
     out = [f"# {title}", "", "Mean over images; ↑ higher is better, ↓ lower is better; best per column in bold "
            "(ties all bold; compared only between runs on the same dataset). 95% bootstrap intervals are in each run's `table.md` and in the CSV form.", ""]
+    # where the numbers came from comes first: command, device, commit, versions, wall time per run
+    out += ["Runs:", ""] + [f"- {line}" for line in _provenance(summaries)] + [""]
     for comp in _components(frame):
         cols = [col for col in frame.columns if col[0] == comp]
         rows = []
@@ -93,8 +95,7 @@ def _markdown(frame, ci, best, directions, summaries, title) -> str:
         headers = ["method"] + [f"{m} {arrow(directions.get(m, False))}" for _, m in cols]
         what = " (re-render vs input)" if comp == "image" else ""
         out += [f"## {comp}{what}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
-    out += ["Runs:", ""] + [f"- {line}" for line in _provenance(summaries)]
-    return "\n".join(out) + "\n"
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{",

@@ -136,6 +136,8 @@ def test_report_every_format(tmp_path):
     b = _run(tmp_path, "r", method="color-retinex", dataset="materials", limit=3)
     md = render_report([a, b], "md")
     assert "trivial" in md and "color-retinex" in md and "**" in md and "## albedo" in md and "mse ↓" in md
+    # provenance (device, commit, versions, wall time of each run) comes before the tables
+    assert md.index("Runs:") < md.index("## albedo") and "commit " in md and "torch " in md and "wall " in md
     tex = render_report([a, b], "latex")
     assert r"\begin{tabular}" in tex and r"\textbf{" in tex and r"\toprule" in tex
     rows = list(csv.DictReader(io.StringIO(render_report([a, b], "csv"))))
