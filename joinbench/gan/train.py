@@ -35,7 +35,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -519,11 +518,6 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, device: torch.device,
                              f"(RNG states are per device type); use --device {saved['device_type']}.")
 
 
-def _crossed(prev: int, cur: int, every_kimg: float) -> bool:
-    every = max(1, int(round(every_kimg * 1000)))
-    return cur // every > prev // every
-
-
 def _truncate_log(path: Path, max_nimg: int) -> None:
     """Drop log lines written after the checkpoint being resumed (a crash between the two)."""
     if not path.is_file():
@@ -551,9 +545,8 @@ def last_logged_rate(log_path: Path) -> float | None:
 
 def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the prior(s) of ``cfg``; returns the output folder holding the export."""
-    from tqdm import tqdm
-
-    from ..env import device_name, git_commit, resolve_device, synchronize, versions
+    from ..env import device_name, git_commit, resolve_device, versions
+    from .loop import TrainClock
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
@@ -573,76 +566,47 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     trainers = [PriorTrainer(n, cfg, device) for n in cfg.model_names()]
     chunk_images = cfg.render_chunk or cfg.batch
     stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution, chunk=max(1, chunk_images // cfg.batch))
-    cur_nimg, step, wall_s = 0, 0, 0.0
+    scalars = None
     if ckpt is not None:
         saved = json.loads((ckpt / "state.json").read_text())
         _check_resume(saved.get("config", {}), cfg, device, ckpt)
         scalars = load_checkpoint(ckpt, trainers, stream)
-        cur_nimg, step, wall_s = int(scalars["cur_nimg"]), int(scalars["step"]), float(scalars["wall_s"])
         for t in trainers:
             t.last = dict(scalars.get("losses", {}).get(t.name, {}))
-        _truncate_log(out / "log.jsonl", cur_nimg)
+        _truncate_log(out / "log.jsonl", int(scalars["cur_nimg"]))
     log_path = out / "log.jsonl"
     total_nimg = int(round(cfg.kimg * 1000))
     grid_z = torch.randn(cfg.grid_size, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
 
-    def scalars_now() -> dict[str, Any]:
-        return {"cur_nimg": cur_nimg, "step": step, "wall_s": wall_s,
-                "config": {**cfg.to_dict(), "device_type": device.type},
-                "losses": {t.name: t.last for t in trainers}}
-
-    def snapshot() -> None:
-        kimg = cur_nimg // 1000
+    def snapshot(clock: TrainClock) -> None:
+        kimg = clock.cur_nimg // 1000
         for t in trainers:
             save_grid(sample_images(t.G_ema, grid_z), t.name, out / f"samples-{t.name}-{kimg:06d}.png")
-        save_checkpoint(out, trainers, stream, scalars_now())
+        save_checkpoint(out, trainers, stream, {**clock.scalars(), "config": {**cfg.to_dict(), "device_type": device.type},
+                                                "losses": {t.name: t.last for t in trainers}})
 
-    bar = tqdm(total=total_nimg, initial=min(cur_nimg, total_nimg), unit="img", unit_scale=True,
-               disable=not cfg.progress, desc=f"{cfg.dataset}/{cfg.component}", dynamic_ncols=True)
-    t_log, n_log = time.perf_counter(), 0
-    t_seg = time.perf_counter()
-    deadline = None if cfg.minutes is None else t_seg + 60.0 * cfg.minutes
     first = True
-    try:
-        while cur_nimg < total_nimg:
+    # done: all images seen, or the --minutes budget is spent (export what we have, resumable with --resume)
+    with TrainClock(total_nimg, cfg.batch, cfg.minutes, scalars, f"{cfg.dataset}/{cfg.component}", cfg.progress) as clock:
+        while not clock.done:
             batch = next(stream)
-            if first and cur_nimg == 0:
+            if first and clock.cur_nimg == 0:
                 for t in trainers:
                     save_grid(encode_batch(batch, fm, t.name)[: cfg.grid_size], t.name, out / f"reals-{t.name}.png")
             first = False
             for t in trainers:
-                t.step(encode_batch(batch, fm, t.name), step)
+                t.step(encode_batch(batch, fm, t.name), clock.step)
             for t in trainers:
-                t.end_step(cur_nimg, cfg.batch)
-            prev, cur_nimg, step = cur_nimg, cur_nimg + cfg.batch, step + 1
-            n_log += cfg.batch
-            bar.update(min(cfg.batch, total_nimg - prev))
-            out_of_time = deadline is not None and time.perf_counter() >= deadline
-            done = cur_nimg >= total_nimg or out_of_time
-            if _crossed(prev, cur_nimg, cfg.log_kimg) or done:
-                synchronize(device)
-                now = time.perf_counter()
-                rate = n_log / max(now - t_log, 1e-9)
-                wall_s += now - t_seg
-                t_seg = now
-                lines = []
-                for t in trainers:
-                    rec = {"nimg": cur_nimg, "kimg": cur_nimg / 1000, "step": step, "component": t.name,
-                           **{k: round(v, 6) for k, v in t.pop_losses().items()},
-                           "images_per_s": round(rate, 2), "models": len(trainers), "wall_s": round(wall_s, 2)}
-                    lines.append(json.dumps(rec))
-                with open(log_path, "a") as f:
-                    f.write("".join(line + "\n" for line in lines))
-                bar.set_postfix_str(f"{rate:.1f} img/s" + (f" x{len(trainers)} models" if len(trainers) > 1 else ""))
-                t_log, n_log = now, 0
-            if _crossed(prev, cur_nimg, cfg.snapshot_kimg) or done:
-                wall_s += time.perf_counter() - t_seg
-                t_seg = time.perf_counter()
-                snapshot()
-            if out_of_time:  # the time budget is spent: export what we have (resumable with --resume)
-                break
-    finally:
-        bar.close()
+                t.end_step(clock.cur_nimg, cfg.batch)
+            clock.advance()
+            if clock.due(cfg.log_kimg):
+                losses = {t.name: {k: round(v, 6) for k, v in t.pop_losses().items()} for t in trainers}
+                rate = clock.log(log_path, device, losses, models=len(trainers))
+                clock.bar.set_postfix_str(f"{rate:.1f} img/s" + (f" x{len(trainers)} models" if len(trainers) > 1 else ""))
+            if clock.due(cfg.snapshot_kimg):
+                clock.fold_wall()
+                snapshot(clock)
+    cur_nimg, wall_s = clock.cur_nimg, clock.wall_s
 
     last_rate = last_logged_rate(log_path)
     info = {

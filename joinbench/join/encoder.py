@@ -636,10 +636,9 @@ def measure_stage1_gain(encoders: Mapping[str, Encoder], priors: Mapping[str, An
 def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the encoder(s) of ``cfg`` and export them; returns the output folder
     holding ``<dataset>-<component>-encoder.safetensors`` + ``.json`` per encoder."""
-    from tqdm import tqdm
-
-    from ..env import device_name, git_commit, resolve_device, synchronize, versions
-    from ..gan.train import (TrainStream, _crossed, _truncate_log, create_training_dataset, find_checkpoint,
+    from ..env import device_name, git_commit, resolve_device, versions
+    from ..gan.loop import TrainClock
+    from ..gan.train import (TrainStream, _truncate_log, create_training_dataset, find_checkpoint, last_logged_rate,
                              load_checkpoint, save_checkpoint)
     from .losses import PerceptualLoss
 
@@ -670,69 +669,43 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     trainers = [EncoderTrainer(n, cfg, priors[n], fm, device, resolution, perceptual) for n in cfg.names()]
     chunk_images = cfg.render_chunk or (4096 if device.type == "cuda" else cfg.batch)
     stream = TrainStream(ds, cfg.batch, device, cfg.seed, g_res, chunk=max(1, chunk_images // cfg.batch))
-    cur_nimg, step, wall_s = 0, 0, 0.0
+    scalars = None
     first: dict[str, dict[str, float]] = {}
     if ckpt is not None:
         saved = json.loads((ckpt / "state.json").read_text())
         _check_resume(saved, cfg, device, prior_shas, ckpt)
         scalars = load_checkpoint(ckpt, trainers, stream)
-        cur_nimg, step, wall_s = int(scalars["cur_nimg"]), int(scalars["step"]), float(scalars["wall_s"])
         first = dict(scalars.get("first_losses", {}))
         for t in trainers:
             t.last = dict(scalars.get("losses", {}).get(t.name, {}))
-        _truncate_log(out / "log.jsonl", cur_nimg)
+        _truncate_log(out / "log.jsonl", int(scalars["cur_nimg"]))
     log_path = out / "log.jsonl"
     total_nimg = int(round(cfg.kimg * 1000))
 
-    def scalars_now() -> dict[str, Any]:
-        return {"cur_nimg": cur_nimg, "step": step, "wall_s": wall_s, "prior_sha256": prior_shas,
-                "config": {**cfg.to_dict(), "device_type": device.type},
-                "losses": {t.name: t.last for t in trainers}, "first_losses": first}
-
-    bar = tqdm(total=total_nimg, initial=min(cur_nimg, total_nimg), unit="img", unit_scale=True,
-               disable=not cfg.progress, desc=f"{cfg.dataset}/{cfg.component} encoder", dynamic_ncols=True)
-    t_log, n_log = time.perf_counter(), 0
-    t_seg = time.perf_counter()
-    deadline = None if cfg.minutes is None else t_seg + 60.0 * cfg.minutes
-    try:
-        while cur_nimg < total_nimg:
+    # done: all images seen, or the --minutes budget is spent (export what we have, resumable with --resume)
+    desc = f"{cfg.dataset}/{cfg.component} encoder"
+    with TrainClock(total_nimg, cfg.batch, cfg.minutes, scalars, desc, cfg.progress) as clock:
+        while not clock.done:
             batch = next(stream)
             for t in trainers:
                 t.step(batch)
-            prev, cur_nimg, step = cur_nimg, cur_nimg + cfg.batch, step + 1
-            n_log += cfg.batch
-            bar.update(min(cfg.batch, total_nimg - prev))
-            out_of_time = deadline is not None and time.perf_counter() >= deadline
-            done = cur_nimg >= total_nimg or out_of_time
-            if _crossed(prev, cur_nimg, cfg.log_kimg) or done or step == 1:
-                synchronize(device)
-                now = time.perf_counter()
-                rate = n_log / max(now - t_log, 1e-9)
-                wall_s += now - t_seg
-                t_seg = now
-                lines = []
-                for t in trainers:
-                    losses = {k: round(v, 6) for k, v in t.pop_losses().items()}
-                    first.setdefault(t.name, losses)
-                    lines.append(json.dumps({"nimg": cur_nimg, "kimg": cur_nimg / 1000, "step": step, "component": t.name,
-                                             **losses, "images_per_s": round(rate, 2), "wall_s": round(wall_s, 2)}))
-                with open(log_path, "a") as f:
-                    f.write("".join(line + "\n" for line in lines))
+            clock.advance()
+            if clock.due(cfg.log_kimg) or clock.step == 1:
+                losses = {t.name: {k: round(v, 6) for k, v in t.pop_losses().items()} for t in trainers}
+                for name, model_losses in losses.items():
+                    first.setdefault(name, model_losses)
+                rate = clock.log(log_path, device, losses)
                 shown = " ".join(f"{t.name[:2]} {t.last.get('loss', float('nan')):.4f}" for t in trainers)
-                bar.set_postfix_str(f"{rate:.1f} img/s loss {shown}")
-                t_log, n_log = now, 0
-            if _crossed(prev, cur_nimg, cfg.snapshot_kimg) or done:
-                wall_s += time.perf_counter() - t_seg
-                t_seg = time.perf_counter()
-                save_checkpoint(out, trainers, stream, scalars_now())
-            if out_of_time:  # the time budget is spent: export what we have (resumable with --resume)
-                break
-    finally:
-        bar.close()
+                clock.bar.set_postfix_str(f"{rate:.1f} img/s loss {shown}")
+            if clock.due(cfg.snapshot_kimg):
+                clock.fold_wall()
+                save_checkpoint(out, trainers, stream, {**clock.scalars(), "prior_sha256": prior_shas,
+                                                        "config": {**cfg.to_dict(), "device_type": device.type},
+                                                        "losses": {t.name: t.last for t in trainers},
+                                                        "first_losses": first})
+    cur_nimg, step, wall_s = clock.cur_nimg, clock.step, clock.wall_s
 
     # export: weights first, then the gain with the exported (fp16-rounded) weights, then sidecars
-    from ..gan.train import last_logged_rate
-
     last_rate = last_logged_rate(log_path)
     written, shipped = {}, {}
     for t in trainers:
