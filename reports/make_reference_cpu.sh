@@ -8,13 +8,14 @@
 # A GPU makes the full 100-image splits with the same commands without --limit / --set.
 #
 #   bash reports/make_reference_cpu.sh [part ...]
-#   parts: variants main ablate-s1 ablate-join relight (default: all, in this order)
+#   parts: variants main ablate-s1 ablate-join relight s1-default (default: all, in this order)
 # Two parts can run at once in two shells (e.g. OMP_NUM_THREADS=1 each on 2 cores): they share
 # finished runs but never work on the same run if started as `variants main` and
-# `relight ablate-s1 ablate-join` (ablate-join reuses the materials runs of `variants`).
+# `relight ablate-s1 ablate-join` (ablate-join reuses the join, join-nopti and join-meaninit
+# runs of `variants`, so start it after `variants` has finished a dataset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parts=${*:-variants main ablate-s1 ablate-join relight}
+parts=${*:-variants main ablate-s1 ablate-join relight s1-default}
 R=runs/ref-cpu
 SYN=materials,materials-shift,faces,faces-shift
 mkdir -p "$R" reports/ablation-cpu
@@ -39,11 +40,24 @@ if has ablate-s1; then  # the stage-1 ablations on every synthetic test set
     for ext in md csv tex; do cp "$R/ablation.$ext" "reports/ablation-cpu/join-s1-$d.$ext"; done
   done
 fi
-if has ablate-join; then  # the full-JoIN ablations (default spec) on materials
-  joinbench ablate --dataset materials --limit 2 --device cpu --out "$R" -q
-  for ext in md csv tex; do cp "$R/ablation.$ext" "reports/ablation-cpu/join-materials.$ext"; done
+if has ablate-join; then  # the full-JoIN ablations (default spec) on every synthetic test set
+  for d in ${SYN//,/ }; do
+    joinbench ablate --dataset "$d" --limit 2 --device cpu --out "$R" -q
+    for ext in md csv tex; do cp "$R/ablation.$ext" "reports/ablation-cpu/join-$d.$ext"; done
+  done
 fi
 if has relight; then  # the paper's application on real images
   joinbench relight --dataset real-faces --index 0 --random-shading 3 --device cpu --out reports/relight-real-face.png
   joinbench relight --dataset real-materials --index 0 --shading-index 5 --device cpu --out reports/relight-real-material.png
+fi
+if has s1-default; then  # `joinbench run --method join-s1 --dataset materials` as a user runs it (CPU defaults:
+  # first 4 images, 1000 steps; time it on an idle machine) next to the baselines on the same images
+  /usr/bin/time -f "join-s1 end to end: %e s" joinbench run --method join-s1 --dataset materials --device cpu \
+    --out runs/s1-cpu-default -q
+  for m in color-retinex trivial; do
+    joinbench run --method "$m" --dataset materials --limit 4 --device cpu --out "runs/$m-materials-4" -q
+  done
+  joinbench report runs/s1-cpu-default runs/color-retinex-materials-4 runs/trivial-materials-4 \
+    --title "join-s1 (CPU defaults: first 4 materials test images, 1000 steps) next to color-retinex and trivial on the same images" \
+    --out reports/join-s1-materials-cpu.md
 fi
