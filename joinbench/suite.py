@@ -800,6 +800,7 @@ class CompareSettings:
     progress: bool = True
     command: str = ""
     check_only: bool = False
+    title: str = "Main comparison"  # heading of compare.md
 
 
 def parse_method_sets(items: list[str] | None, methods: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -876,7 +877,7 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
     """compare.md text, CSV rows and JSON data; writes one figure per dataset."""
     import pandas as pd
 
-    md = ["# Main comparison", "", f"Made with `{settings.command or 'the Python API (joinbench.suite.run_comparison)'}`.", "",
+    md = [f"# {settings.title}", "", f"Made with `{settings.command or 'the Python API (joinbench.suite.run_comparison)'}`.", "",
           _environment_line(ctx, device, code, wall, outcomes), "",
           "Each cell: mean over the test images with its 95% bootstrap interval; ↓ lower is better, ↑ higher is "
           "better; the best of each column in bold (ties all bold). Components are compared in encoded display "
@@ -1031,6 +1032,7 @@ def compare_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/compare); finished runs in it are reused"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="setting of one method: METHOD:key=value (repeatable)"),
     grid_images: int = typer.Option(4, "--grid-images", help="images per dataset figure (at most 8)"),
+    title: str = typer.Option("Main comparison", "--title", help="heading of compare.md"),
     check: bool = typer.Option(False, "--check", help="validate and show each run (reused or to run); run nothing"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
@@ -1042,7 +1044,8 @@ def compare_cmd(
     settings = CompareSettings(datasets=_comma_list(datasets), methods=method_list, limit=limit,
                                batch_size=batch_size, device=device, resolution=resolution, seed=seed,
                                metrics=_comma_list(metrics), out=out, overrides=parse_method_sets(set_, method_list),
-                               grid_images=grid_images, progress=not quiet, command=_command_line(), check_only=check)
+                               grid_images=grid_images, progress=not quiet, command=_command_line(), check_only=check,
+                               title=title)
     folder = run_comparison(settings)
     from .distributed import context
 

@@ -1,5 +1,6 @@
 """`joinbench ablate` and `joinbench compare`: spec parsing and validation, result reuse,
 tables with comparisons, and the commands as a user runs them (cheap methods, 16 px)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -289,9 +290,10 @@ def test_compare_report_with_real_and_synthetic_datasets(tmp_path):
         assert f"](figures/{name}.png)" in md and (out / "figures" / f"{name}.png").is_file()
     rows = (out / "compare.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,method,component,metric") and len(rows) == 1 + 2 * 8 + 2 * 2
-    again = run_comparison(settings)
+    again = run_comparison(dataclasses.replace(settings, title="Retinex against trivial"))
     data = json.loads((again / "compare.json").read_text())
     assert all(m["reused"] for d in data["datasets"].values() for m in d["methods"].values())
+    assert (again / "compare.md").read_text().startswith("# Retinex against trivial\n")
 
 
 def test_compare_options_are_checked():
