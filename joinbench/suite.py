@@ -919,29 +919,6 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
     return "\n".join(md) + "\n", rows, data
 
 
-def _label_tile(text: str, size: int):
-    """A (3, size, size) tensor showing ``text`` (a row label inside an image grid)."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    per_line = max(4, (size - 4) // 6)
-    lines, line = [], ""
-    for word in text.replace("-", "- ").split():
-        join = "" if line.endswith("-") or not line else " "
-        if len(line) + len(join) + len(word) > per_line and line:
-            lines.append(line)
-            line = word
-        else:
-            line += join + word
-    lines.append(line)
-    for k, ln in enumerate(lines[: max(1, (size - 4) // 11)]):
-        draw.text((2, 2 + 11 * k), ln[:per_line], fill=(0, 0, 0), font=ImageFont.load_default())
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
-
-
 def _comparison_figure(dataset, outcomes: list[RunOutcome], path: Path, n_images: int) -> Path | None:
     """Per image: a row with the input and the ground truth layers, then a row per method with
     its re-render, albedo, shading and specular (encoded display space), from each run's
@@ -950,7 +927,7 @@ def _comparison_figure(dataset, outcomes: list[RunOutcome], path: Path, n_images
     import torch
 
     from .forward import COMPONENTS
-    from .viz import grid_image, save_image_atomic
+    from .viz import grid_image, label_tile, save_image_atomic
 
     fm = dataset.forward_model
     size = max(64, dataset.resolution)
@@ -958,15 +935,15 @@ def _comparison_figure(dataset, outcomes: list[RunOutcome], path: Path, n_images
     for i in range(min(n_images, RUN_GRID_IMAGES, outcomes[0].plan.images)):
         sample = dataset[i]
         gts = [None if sample.component(c) is None else fm.encode(c, sample.component(c)) for c in COMPONENTS]
-        rows.append([_label_tile(f"{sample.id} input" + (", truth" if dataset.has_ground_truth else ""), size),
+        rows.append([label_tile(f"{sample.id} input" + (", truth" if dataset.has_ground_truth else ""), size),
                      sample.image, *gts])
         for o in outcomes:
             path_i = o.plan.run_dir / ".grid" / f"{sample.id}.npz"
             if not path_i.is_file():
-                rows.append([_label_tile(o.plan.method, size)] + [None] * 4)
+                rows.append([label_tile(o.plan.method, size)] + [None] * 4)
                 continue
             pred = np.load(path_i)
-            rows.append([_label_tile(o.plan.method, size), torch.from_numpy(pred["rerender"]),
+            rows.append([label_tile(o.plan.method, size), torch.from_numpy(pred["rerender"]),
                          *[torch.from_numpy(pred[f"{c}_encoded"]) for c in COMPONENTS]])
     if not rows:
         return None
@@ -982,7 +959,7 @@ def _command_line() -> str:
 def ablate_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="registered dataset, e.g. materials"),
     spec: str = typer.Option(DEFAULT_SPEC, "--spec", "-s", help="spec file (TOML), or a shipped spec's name: join (default), join-s1"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images (JoIN on CPU: 4 unless given)"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images (on CPU unless given: 4 for the join-s1 variants, 2 for the other join variants)"),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="images per batch"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+import torch
 from torch import Tensor
 
 from .env import write_atomic
@@ -30,7 +32,7 @@ def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
     size = cell or max(64, first.shape[-1])
     ncol = max(len(r) for r in rows)
     font = ImageFont.load_default()
-    wrapped = [_wrap(label, font, size - 4) for label in labels or []]
+    wrapped = [wrap_label(label, font, size - 4) for label in labels or []]
     header = 12 * max(len(w) for w in wrapped) + 2 if wrapped else 0
     width = ncol * (size + pad) + pad
     height = header + len(rows) * (size + pad) + pad
@@ -53,18 +55,32 @@ def grid_image(rows: list[list[Tensor | None]], labels: list[str] | None = None,
     return canvas
 
 
-def _wrap(text: str, font, width: int) -> list[str]:
-    """``text`` broken at spaces into lines at most ``width`` px wide in ``font`` (a word longer
-    than a line is cut), so column labels are never silently truncated."""
+def wrap_label(text: str, font, width: int) -> list[str]:
+    """``text`` broken into lines at most ``width`` px wide in ``font``, at spaces and after
+    hyphens ("join-meaninit" -> "join-" / "meaninit"); a piece longer than a line is cut.
+    Every figure label goes through here, so labels are never silently truncated."""
     lines: list[str] = []
     for word in text.split():
-        while font.getlength(word) > width and len(word) > 1:
-            word = word[:-1]
-        if lines and font.getlength(lines[-1] + " " + word) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
+        for k, piece in enumerate(re.findall(r"[^-]+-*|-+", word)):
+            while font.getlength(piece) > width and len(piece) > 1:
+                piece = piece[:-1]
+            glue = "" if k > 0 else " "  # continuing a hyphenated word: no space
+            if lines and font.getlength(lines[-1] + glue + piece) <= width:
+                lines[-1] += glue + piece
+            else:
+                lines.append(piece)
     return lines or [""]
+
+
+def label_tile(text: str, size: int) -> Tensor:
+    """A (3, size, size) white tile showing ``text`` wrapped to its width (a row label inside
+    an image grid); lines that do not fit the tile's height are dropped."""
+    font = ImageFont.load_default()
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for k, line in enumerate(wrap_label(text, font, size - 4)[: max(1, (size - 4) // 12)]):
+        draw.text((2, 2 + 12 * k), line, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
