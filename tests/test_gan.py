@@ -263,6 +263,22 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         load_prior("materials", "diffuse", path=tmp_path)
 
 
+def test_prior_name_typos_get_did_you_mean_and_derived_sets_point_to_their_domain():
+    with pytest.raises(PriorError) as e:
+        load_prior("facez", "shading")
+    msg = _one_line(e)
+    assert "Unknown dataset 'facez'" in msg and "Did you mean 'faces'" in msg
+    with pytest.raises(PriorError) as e:
+        load_prior("faces", "shadng")
+    assert "Did you mean 'shading'" in _one_line(e)
+    with pytest.raises(PriorError) as e:
+        load_prior("real-faces", "shading")
+    msg = _one_line(e)
+    assert "no real-faces priors" in msg and "--dataset faces" in msg
+    with pytest.raises(JoinbenchError, match="Did you mean 'specular'"):
+        TrainConfig(component="specullar").resolved()
+
+
 def test_latent_bank_cached_on_disk_keyed_by_weights_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path / "home"))
     export_tiny(tmp_path / "a", seed=0)

@@ -19,6 +19,7 @@ latents and noise, not weights; PTI turns gradients back on for the generator it
 """
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,9 +206,22 @@ def load_prior(dataset: str, component: str, device: str | torch.device = "cpu",
     from ..env import resolve_device
 
     if component not in PRIOR_COMPONENTS:
-        raise PriorError(f"Unknown prior component {component!r}; use one of {', '.join(PRIOR_COMPONENTS)}.")
+        close = difflib.get_close_matches(str(component), PRIOR_COMPONENTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PriorError(f"Unknown prior component {component!r}.{hint} Use one of {', '.join(PRIOR_COMPONENTS)}.")
     dev = resolve_device(device)
     sc_path = sidecar_path(dataset, component, path)
+    if not sc_path.exists():
+        from ..registry import DATASETS
+
+        from ..method import dataset_domain
+
+        if dataset not in DATASETS:  # a typo, not a prior still to train: say which names exist
+            raise PriorError(DATASETS._unknown_message(dataset))
+        domain = dataset_domain(dataset)
+        if path is None and domain not in (None, dataset):  # faces-shift, real-faces: priors live with their domain
+            raise PriorError(f"There are no {dataset} priors: priors are trained on the procedural {domain!r} data, and "
+                             f"JoIN uses them for {dataset!r}; pass --dataset {domain} (load_prior({domain!r}, ...)).")
     sc = read_sidecar(sc_path, dataset, component)
     try:
         g_cfg = GeneratorConfig.from_dict(sc["generator"])
