@@ -353,6 +353,40 @@ def _planned_code(plans: list[PlannedRun]) -> dict[str, str]:
     return {k: plans[0].key[k] for k in ("commit", "joinbench")} if plans else code_version()
 
 
+def runs_code(out: Path, commit: str) -> dict[str, str]:
+    """The code version (full commit, joinbench version) of the finished runs under ``out/runs``
+    whose commit starts with ``commit``: ``--runs-from`` keys the plans with it, so a report made
+    by newer code (a new table column, a new caveat sentence) is re-rendered from hours of old
+    runs instead of recomputing them. Only finished runs are used (:func:`require_finished`)."""
+    found: dict[str, dict[str, str]] = {}
+    for key_path in sorted((out / "runs").glob(f"*/{KEY_FILE}")):
+        try:
+            key = json.loads(key_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        c = str(key.get("commit", ""))
+        found.setdefault(c, {"commit": c, "joinbench": key.get("joinbench")})
+    matches = [c for c in found if commit and c.startswith(commit)]
+    if len(matches) == 1:
+        return found[matches[0]]
+    seen = ", ".join(c[:12] for c in sorted(found)) or "none"
+    why = "matches several commits" if matches else "matches no run"
+    raise JoinbenchError(f"--runs-from {commit!r} {why} under {out / 'runs'} (commits of the runs there: {seen}); "
+                         "give a longer or another commit, or --out the folder that holds those runs.")
+
+
+def require_finished(plans: list[PlannedRun], ctx, code: dict[str, str]) -> None:
+    """``--runs-from`` re-renders and never computes: fail before anything runs when a planned
+    run has no finished result made at that commit (computing it now would file new numbers
+    under an old commit)."""
+    missing = [p.label for p in plans if finished_summary(p) is None] if ctx.is_main else []
+    if ctx.broadcast(bool(missing)):
+        raise JoinbenchError(f"--runs-from {code['commit'][:12]} only re-renders finished runs, and "
+                             f"{len(missing) or 'some'} of {len(plans)} have none made at that commit"
+                             + (f" ({', '.join(missing)})" if missing else "")
+                             + "; drop --runs-from to compute them with this code.")
+
+
 def finished_summary(plan: PlannedRun) -> dict[str, Any] | None:
     """The summary of ``plan``'s folder when it holds the finished run (summary.json present,
     identity equal), else None (not started, or interrupted: the runner resumes it)."""
@@ -566,7 +600,7 @@ def _few_images_caveat(n: int) -> str:
     if n >= FEW_IMAGES:
         return ""
     return (f" With only {n} images the interval is little more than the range of the per-image differences "
-            f"(a difference lies outside it whenever all {n} agree in sign): descriptive, not a test; "
+            f"(a difference lies outside it whenever {'both' if n == 2 else f'all {n}'} agree in sign): descriptive, not a test; "
             "use more images (--limit) for a claim.")
 
 
@@ -576,7 +610,13 @@ def _environment_line(ctx, device, code: dict[str, str], wall: float, outcomes: 
     v = versions()
     reused = sum(o.reused for o in outcomes)
     procs = f", {ctx.world_size} processes ({ctx.backend})" if ctx.active else ""
-    return (f"Commit {code['commit']}; device {device_name(device)}{procs}; joinbench {v.get('joinbench')}, "
+    now = code_version()["commit"]
+    commit = f"Commit {code['commit']}"
+    if code["commit"] != now:  # --runs-from: old numbers, this code's tables and sentences
+        took = sum(o.summary.get("timing", {}).get("wall_seconds_this_invocation") or 0.0 for o in outcomes if o.summary)
+        commit = (f"Runs made at commit {code['commit']} (their last invocations took {took:.0f} s together), "
+                  f"this report rendered from them at commit {now} (--runs-from)")
+    return (f"{commit}; device {device_name(device)}{procs}; joinbench {v.get('joinbench')}, "
             f"torch {v.get('torch')}, python {v.get('python')}; wall time {wall:.1f} s for this command "
             f"({reused} of {len(outcomes)} runs reused finished results, {len(outcomes) - reused} computed).")
 
@@ -639,6 +679,7 @@ class AblationSettings:
     progress: bool = True
     command: str = ""  # recorded at the top of ablation.md
     check_only: bool = False  # validate and plan, run nothing
+    runs_from: str | None = None  # re-render from the finished runs made at this commit (see runs_code)
 
 
 def plan_ablation(settings: AblationSettings):
@@ -656,7 +697,7 @@ def plan_ablation(settings: AblationSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "ablate" / f"{_slug(spec.stem)}-{_slug(settings.dataset)}"
-    code = code_version()
+    code = runs_code(out, settings.runs_from) if settings.runs_from else code_version()
     plans = [plan_run(v.name, v.method, {**settings.overrides, **v.set}, settings.dataset, dataset, device,
                       common, out, code) for v in spec.variants]
     return spec, plans, out, ctx, device, dataset
@@ -680,6 +721,8 @@ def run_ablation(settings: AblationSettings) -> Path:
     if settings.check_only:
         _show_plans(plans, ctx)
         return out
+    if settings.runs_from:
+        require_finished(plans, ctx, plans[0].key)
     outcomes = execute(plans, ctx, out)
     if not ctx.is_main:
         return out
@@ -801,6 +844,7 @@ class CompareSettings:
     command: str = ""
     check_only: bool = False
     title: str = "Main comparison"  # heading of compare.md
+    runs_from: str | None = None  # re-render from the finished runs made at this commit (see runs_code)
 
 
 def parse_method_sets(items: list[str] | None, methods: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -840,7 +884,7 @@ def plan_comparison(settings: CompareSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"
-    code = code_version()
+    code = runs_code(out, settings.runs_from) if settings.runs_from else code_version()
     plans = {d: [plan_run(m, m, settings.overrides.get(m, {}), d, ds, device, common, out, code)
                  for m in settings.methods] for d, ds in datasets.items()}
     return plans, datasets, out, ctx, device
@@ -859,6 +903,8 @@ def run_comparison(settings: CompareSettings) -> Path:
     if settings.check_only:
         _show_plans(flat, ctx)
         return out
+    if settings.runs_from:
+        require_finished(flat, ctx, flat[0].key)
     outcomes = execute(flat, ctx, out)
     if not ctx.is_main:
         return out
@@ -952,6 +998,10 @@ def _comparison_figure(dataset, outcomes: list[RunOutcome], path: Path, n_images
 
 
 # == the commands ==============================================================================
+RUNS_FROM_HELP = ("COMMIT: re-render the report with this code from the finished runs made at COMMIT in --out "
+                  "(a prefix; nothing is computed, every run must be finished)")
+
+
 def _command_line() -> str:
     return "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -968,6 +1018,7 @@ def ablate_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="setting for every variant, under the variant's own: key=value (repeatable)"),
     print_spec: bool = typer.Option(False, "--print-spec", help="print the spec's TOML (to copy and edit) and exit"),
     check: bool = typer.Option(False, "--check", help="validate the spec and show each run (reused or to run); run nothing"),
+    runs_from: Optional[str] = typer.Option(None, "--runs-from", help=RUNS_FROM_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Run the ablation variants of a spec on DATASET: one table (ablation.md, .csv, .json, .tex).
@@ -984,7 +1035,7 @@ def ablate_cmd(
                              "(see `joinbench list datasets`).")
     settings = AblationSettings(dataset=dataset, spec=spec, limit=limit, batch_size=batch_size, device=device,
                                 resolution=resolution, seed=seed, out=out, overrides=parse_set_options(set_),
-                                progress=not quiet, command=_command_line(), check_only=check)
+                                progress=not quiet, command=_command_line(), check_only=check, runs_from=runs_from)
     folder = run_ablation(settings)
     from .distributed import context
 
@@ -1011,6 +1062,7 @@ def compare_cmd(
     grid_images: int = typer.Option(4, "--grid-images", help="images per dataset figure (at most 8)"),
     title: str = typer.Option("Main comparison", "--title", help="heading of compare.md"),
     check: bool = typer.Option(False, "--check", help="validate and show each run (reused or to run); run nothing"),
+    runs_from: Optional[str] = typer.Option(None, "--runs-from", help=RUNS_FROM_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Run METHODS on DATASETS: one report (compare.md, .csv, .json) with a table and a figure per dataset.
@@ -1022,7 +1074,7 @@ def compare_cmd(
                                batch_size=batch_size, device=device, resolution=resolution, seed=seed,
                                metrics=_comma_list(metrics), out=out, overrides=parse_method_sets(set_, method_list),
                                grid_images=grid_images, progress=not quiet, command=_command_line(), check_only=check,
-                               title=title)
+                               title=title, runs_from=runs_from)
     folder = run_comparison(settings)
     from .distributed import context
 

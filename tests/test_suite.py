@@ -296,6 +296,34 @@ def test_compare_report_with_real_and_synthetic_datasets(tmp_path):
     assert (again / "compare.md").read_text().startswith("# Retinex against trivial\n")
 
 
+def test_runs_from_rerenders_old_runs_with_new_code_and_never_computes(tmp_path, monkeypatch):
+    import joinbench.runner as runner
+    import joinbench.suite as suite
+
+    settings = CompareSettings(datasets=("materials",), methods=("retinex", "trivial"), limit=2, resolution=16,
+                               batch_size=2, device="cpu", metrics=("mse",), out=tmp_path / "cmp", grid_images=1,
+                               progress=False, command="joinbench compare (test)")
+    first = json.loads((run_comparison(settings) / "compare.json").read_text())
+    old = suite.code_version()["commit"]
+    # the code moves on: plain reuse no longer applies, --runs-from OLD re-renders without computing
+    monkeypatch.setattr(suite, "code_version", lambda: {"commit": "f" * 40, "joinbench": "9.9"})
+    monkeypatch.setattr(runner, "run_benchmark", lambda s: (_ for _ in ()).throw(AssertionError(f"{s.method} recomputed")))
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_comparison(settings)
+    out = run_comparison(dataclasses.replace(settings, runs_from=old[:7]))
+    md = (out / "compare.md").read_text()
+    assert f"Runs made at commit {old}" in md and f"rendered from them at commit {'f' * 40} (--runs-from)" in md
+    data = json.loads((out / "compare.json").read_text())
+    assert all(m["reused"] for m in data["datasets"]["materials"]["methods"].values())
+    assert [m["run_dir"] for m in data["datasets"]["materials"]["methods"].values()] == \
+        [m["run_dir"] for m in first["datasets"]["materials"]["methods"].values()]
+    # a run missing at that commit is refused before anything runs; so is a commit with no runs
+    with pytest.raises(JoinbenchError, match=r"only re-renders finished runs, and 1 of 3 have none .*color-retinex"):
+        run_comparison(dataclasses.replace(settings, runs_from=old[:7], methods=("retinex", "trivial", "color-retinex")))
+    with pytest.raises(JoinbenchError, match=r"--runs-from 'abc123' matches no run under .* \(commits of the runs there: "):
+        run_comparison(dataclasses.replace(settings, runs_from="abc123"))
+
+
 def test_compare_options_are_checked():
     assert parse_method_sets(["retinex:gray_threshold=0.1"], ("retinex", "trivial")) == {"retinex": {"gray_threshold": "0.1"}}
     with pytest.raises(JoinbenchError, match="METHOD:key=value"):
