@@ -81,6 +81,14 @@ class RetinexConfig(MethodConfig):
     anchor_percentile: float = 95.0
     anchor_value: float = 0.9
 
+    def __post_init__(self):
+        if self.gray_threshold < 0 or self.chroma_threshold < 0:
+            raise JoinbenchError(f"Retinex thresholds must be >= 0, got gray_threshold={self.gray_threshold}, "
+                                 f"chroma_threshold={self.chroma_threshold}.")
+        if not self.eps > 0 or not 0 < self.anchor_percentile <= 100 or not self.anchor_value > 0:
+            raise JoinbenchError(f"Retinex needs eps > 0, 0 < anchor_percentile <= 100 and anchor_value > 0, got "
+                                 f"{self.eps}, {self.anchor_percentile}, {self.anchor_value}.")
+
 
 def forward_gradients(log_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Forward differences along the last two axes; row 0 of ``gy`` and column 0 of ``gx``

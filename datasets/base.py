@@ -22,6 +22,8 @@ from joinbench.types import Batch, Sample
 
 TEST_SEED_BASE = 1 << 20
 TRAIN_SEED_MIN = 1 << 40
+# test seeds TEST_SEED_BASE + seed * 1_000_003 + i stay below TRAIN_SEED_MIN for every --seed up to this
+MAX_SEED = 1_000_000
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 512
 
 
@@ -124,6 +126,8 @@ class ProceduralDataset(Dataset):
         if self.size < 1:
             raise DatasetError(f"Dataset size must be at least 1, got {size}.")
         self.seed = int(seed)
+        if not 0 <= self.seed <= MAX_SEED:  # beyond it test seeds would reach the training streams' range
+            raise DatasetError(f"--seed must be from 0 to {MAX_SEED:,} (test images must never be training images), got {seed}.")
         self.shift = bool(shift)
         self.render_batch = render_batch
         self._cache: dict[int, Sample] = {}

@@ -77,6 +77,11 @@ def run_cmd(
     from .runner import RunSettings, run_benchmark
 
     metric_list = None if metrics == "default" else (() if metrics == "none" else tuple(m.strip() for m in metrics.split(",") if m.strip()))
+    if metric_list == () and metrics != "none":
+        raise JoinbenchError(f"--metrics {metrics!r} names no metric; give a comma list (see `joinbench list metrics`), "
+                             "'default', or 'none' to score later.")
+    if grid_images < 0:
+        raise JoinbenchError(f"--grid-images must be 0 or more, got {grid_images}.")
     os.environ.setdefault("JOINBENCH_COMMAND", "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     settings = RunSettings(method=method, dataset=dataset, limit=limit, batch_size=batch_size, device=device,
                            resolution=resolution, seed=seed, out=out, overrides=parse_set_options(set_),
@@ -124,6 +129,8 @@ def datasets_preview(
     from .runner import create_dataset_for_run
     from .viz import dataset_rows, grid_image, save_image_atomic
 
+    if n < 1:
+        raise JoinbenchError(f"--n must be at least 1, got {n}.")
     ds = create_dataset_for_run(name, resolution, seed)
     rows, labels = dataset_rows(ds, n)
     path = out or Path(f"{name.replace(':', '_').replace('/', '_')}-preview.png")

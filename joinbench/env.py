@@ -26,9 +26,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise JoinbenchError(f"Device {name!r} requested but CUDA is not available here; use --device cpu or --device auto.")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
         raise JoinbenchError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise JoinbenchError(f"Device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use cuda:0 .. cuda:N-1, or --device auto.")
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: untested here, and often not built in
+        raise JoinbenchError(f"Device {name!r} is not supported by joinbench; use auto, cpu, cuda or cuda:N.")
+    return dev
 
 
 def device_name(device: torch.device) -> str:
@@ -80,6 +86,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def make_folder(path: str | Path, what: str = "--out") -> Path:
+    """``mkdir -p path``, or one line naming the file that stands where a folder must be."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise JoinbenchError(f"{what} {path}: {p} is a file; give a folder.")
+            break
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` so that readers see the old file or the
     whole new one, never a part, even if the process is killed.
@@ -93,6 +111,13 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     ``safetensors.torch.save`` and pass the bytes).
     """
     path = Path(path)
+    if path.is_dir():
+        raise JoinbenchError(f"{path} is a folder; give a file name to write (e.g. {path / ('out' + (path.suffix or '.png'))}).")
+    for parent in path.parents:  # a file where a folder must go: one line, not FileExistsError
+        if parent.exists():
+            if not parent.is_dir():
+                raise JoinbenchError(f"{parent} is a file, so {path} cannot be written under it; choose another path.")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")

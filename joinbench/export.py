@@ -18,14 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .env import write_json
+from .env import make_folder, write_json
 from .forward import COMPONENTS
 from .imageio import write_npz, write_png
 
 
 def export_dataset(dataset, out: str | Path, limit: int | None = None, progress: bool = True) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     fm = dataset.forward_model
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in tqdm(range(n), desc=f"export {dataset.name}", unit="img", disable=not progress):

@@ -8,6 +8,7 @@ the CLI's ``--set key=value`` override its fields, so an ablation is a configura
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -84,7 +85,10 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         if isinstance(current, int):
             return int(value)
         if isinstance(current, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number) and math.isfinite(current):  # nan / inf would run and score garbage
+                raise JoinbenchError(f"Setting {key}={value!r}: expected a finite number.")
+            return number
         if isinstance(current, (tuple, list)):
             items = [s for s in value.split(",") if s]
             if current:

@@ -161,14 +161,17 @@ def relight_cmd(
                              "(--dataset D --index i), not both.")
     if shading_index is not None and dataset is None:
         raise JoinbenchError("--shading-index picks a test image of --dataset; give --dataset D (or use --shading-from IMAGE2).")
+    if random_shading < 0:
+        raise JoinbenchError(f"--random-shading N must be at least 1, got {random_shading}.")
     if sum(x is not None for x in (shading_from, shading_index)) + (random_shading > 0) != 1:
         raise JoinbenchError("Give exactly one new lighting: --shading-from IMAGE2, --shading-index J or --random-shading N.")
     if random_shading < 0:
         raise JoinbenchError(f"--random-shading must be at least 1, got {random_shading}.")
     if out.suffix.lower() != ".png":
         raise JoinbenchError(f"--out {out}: the strip is written as PNG; give a .png file name.")
-    if resolution < 16:
-        raise JoinbenchError(f"--resolution must be at least 16 px, got {resolution}.")
+    from joinbench.datasets.base import check_resolution
+
+    check_resolution(resolution)
     overrides = parse_set_options(set_)
     img = _load_input(image, dataset, index, resolution, "--index")
     src = None

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .env import (device_name, git_commit, peak_memory_mb, resolve_device, synchronize,
+from .env import (device_name, git_commit, make_folder, peak_memory_mb, resolve_device, synchronize,
                   versions, write_atomic, write_json)
 from .errors import JoinbenchError
 from .forward import COMPONENTS
@@ -186,9 +186,7 @@ def run_benchmark(settings: RunSettings) -> Path:
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
     run_dir = Path(ctx.broadcast(str(run_dir)))  # every rank in rank 0's folder (timestamps differ)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise JoinbenchError(f"--out {run_dir} is a file; give a folder for the run (new, or one to resume).")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir)
     identity = {
         "method": settings.method, "method_config": method.describe()["config"],
         "dataset": settings.dataset, "resolution": settings.resolution, "seed": settings.seed,
@@ -197,6 +195,9 @@ def run_benchmark(settings: RunSettings) -> Path:
         "batch_size": settings.batch_size,
     }
     _guard_identity(run_dir, identity)
+    shrinking = _shrinking_note(run_dir, n_total) if ctx.is_main else None
+    if shrinking:
+        print(shrinking)
 
     split_ids = [dataset.sample_id(i) for i in range(n_total)]
     grid_ids = split_ids[: settings.grid_images]
@@ -290,6 +291,20 @@ def _guard_identity(run_dir: Path, identity: dict[str, Any]) -> None:
             f"{run_dir} holds a different run (differs in {', '.join(diff) or 'its fields'}); "
             "use a new --out folder or delete it."
         )
+
+
+def _shrinking_note(run_dir: Path, n_total: int) -> str | None:
+    """A line saying so when this command summarises fewer images than the folder's finished
+    run (a smaller --limit): the scored records stay, the table shows only the first ones."""
+    try:
+        before = int(json.loads((run_dir / "summary.json").read_text())["run"]["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if n_total >= before:
+        return None
+    return (f"note: {run_dir} held a finished {before}-image run; its summary and table now cover the first {n_total} "
+            f"(--limit {n_total}). The other scored images stay in records.jsonl: rerun with --limit {before} to restore "
+            "the full table without recomputing.")
 
 
 def _resume(rec_path: Path, split: set[str], needed_files) -> set[str]:

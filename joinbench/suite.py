@@ -1070,6 +1070,10 @@ def compare_cmd(
     Example: joinbench compare --datasets materials,real-materials --methods unet,retinex,trivial --limit 8
     """
     method_list = _comma_list(methods)
+    if not 1 <= grid_images <= 8:
+        raise JoinbenchError(f"--grid-images must be from 1 to 8, got {grid_images}.")
+    if not _comma_list(metrics):
+        raise JoinbenchError(f"--metrics {metrics!r} names no metric; give a comma list (see `joinbench list metrics`).")
     settings = CompareSettings(datasets=_comma_list(datasets), methods=method_list, limit=limit,
                                batch_size=batch_size, device=device, resolution=resolution, seed=seed,
                                metrics=_comma_list(metrics), out=out, overrides=parse_method_sets(set_, method_list),

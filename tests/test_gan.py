@@ -349,6 +349,21 @@ def test_cli_priors_info_and_sample(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["priors", "info", "--path", str(tmp_path)])
     assert r.exit_code == 0 and "materials-albedo" in r.output
+    assert r.output.splitlines()[1].split()[-1] == "ok"  # the files column checks sizes and hashes
+    # a damaged copy: a flipped byte and an unreadable sidecar are shown, not hidden
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path, bad, ignore=shutil.ignore_patterns("*.png", "bad"))
+    g = bad / "materials-albedo-G.safetensors"
+    raw = bytearray(g.read_bytes())
+    raw[-3] ^= 0xFF
+    g.write_bytes(bytes(raw))
+    (bad / "faces-shading.json").write_text("{not json")
+    r = runner.invoke(app, ["priors", "info", "--path", str(bad)])
+    assert r.exit_code == 0 and "G sha256 mismatch" in r.output and "faces-shading.json: unreadable JSON" in r.output
+    r = runner.invoke(app, ["priors", "info", "--path", str(tmp_path / "nope")])
+    assert isinstance(r.exception, JoinbenchError) and "is not a folder" in str(r.exception)
     r = runner.invoke(app, ["priors", "sample", "-d", "materials", "-c", "albedo", "--n", "4", "--device", "cpu",
                             "--path", str(tmp_path), "--out", str(tmp_path / "g.png")])
     assert r.exit_code == 0, r.output

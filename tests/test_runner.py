@@ -196,9 +196,11 @@ def test_cpu_default_limit_applies_only_without_limit(tmp_path, monkeypatch):
     assert len({r["id"] for r in read_records(d / "records.jsonl")}) == 5
 
 
-def test_resume_with_smaller_limit_reports_only_those_images(tmp_path):
+def test_resume_with_smaller_limit_reports_only_those_images(tmp_path, capsys):
     _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=4)
+    capsys.readouterr()
     d = _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=2)
+    assert "held a finished 4-image run" in capsys.readouterr().out  # said, not silent
     s = json.loads((d / "summary.json").read_text())
     assert s["run"]["images"] == 2 and s["results"]["albedo"]["mse"]["n"] == 2
     d = _run(tmp_path, "shrink", method="trivial", dataset="materials", limit=4)  # and back: nothing lost
@@ -233,6 +235,40 @@ def test_out_must_be_a_folder(tmp_path):
     f.write_text("x")
     with pytest.raises(JoinbenchError, match="is a file"):
         run_benchmark(RunSettings(method="trivial", dataset="materials", out=f, limit=1, resolution=16, progress=False))
+
+
+def test_paths_that_cannot_be_written_fail_in_one_line(tmp_path):
+    from joinbench.env import make_folder, write_atomic
+
+    (tmp_path / "f.png").write_text("x")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(JoinbenchError, match="is a folder; give a file name"):
+        write_atomic(tmp_path / "dir", "text")
+    with pytest.raises(JoinbenchError, match="f.png is a file, so .* cannot be written"):
+        write_atomic(tmp_path / "f.png" / "x.md", "text")
+    with pytest.raises(JoinbenchError, match="f.png is a file; give a folder"):
+        make_folder(tmp_path / "f.png" / "sub")
+    assert make_folder(tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(device="mps"), "Device 'mps' is not supported"),
+    (dict(seed=-1), "--seed must be from 0 to 1,000,000"),
+    (dict(seed=10 ** 20), "--seed must be from 0 to 1,000,000"),
+    (dict(method="retinex", overrides={"gray_threshold": "nan"}), "expected a finite number"),
+    (dict(method="retinex", overrides={"gray_threshold": "-5"}), "thresholds must be >= 0"),
+])
+def test_bad_run_settings_fail_before_running(tmp_path, kw, message):
+    kw = {"method": "trivial", "dataset": "materials", **kw}
+    with pytest.raises(JoinbenchError, match=message):
+        _run(tmp_path, "bad", **kw)
+
+
+def test_cli_rejects_empty_metrics_and_negative_grid(tmp_path):
+    for extra, message in ((["--metrics", ""], "names no metric"), (["--grid-images", "-1"], "--grid-images must be")):
+        res = subprocess.run([sys.executable, "-m", "joinbench", "run", "--method", "trivial", "--dataset", "materials",
+                              "--limit", "1", *extra], capture_output=True, text=True, cwd=tmp_path)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
 def test_report_marks_best_within_a_dataset_only(tmp_path):

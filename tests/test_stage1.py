@@ -118,6 +118,20 @@ def test_knn_hinge_zero_inside_positive_outside():
 # ---------------------------------------------------------------------------------------
 # the inversion
 # ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, message", [(dict(lr=-1.0), "lr must be positive"), (dict(lr=0.0), "lr must be positive"),
+                                         (dict(steps=0), "steps must be at least 1")])
+def test_settings_that_cannot_run_are_refused(priors, kw, message):
+    with pytest.raises(JoinbenchError, match=message):
+        make_inverter(priors, **kw)
+
+
+def test_pti_learning_rate_must_be_positive():
+    from joinbench.join.pti import PTIConfig
+
+    with pytest.raises(JoinbenchError, match="PTI lr must be positive"):
+        PTIConfig(lr=0.0).validate()
+
+
 def test_loss_decreases(priors):
     inv = make_inverter(priors, steps=40, noise_weight=0.0, regulariser="none")
     target = gan_targets(inv, 2, seed=3)

@@ -310,17 +310,37 @@ def load_bank(dataset: str, device: str | torch.device = "cpu", components: Sequ
 
 
 def list_priors(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """Sidecars found in ``path`` (default: the shipped weights), with their file name."""
+    """Sidecars found in ``path`` (default: the shipped weights), with their file name. A JSON
+    file that cannot be read is listed as ``{"sidecar": ..., "problem": ...}`` rather than
+    dropped, so a damaged prior does not silently vanish from ``priors info``."""
     folder = Path(path).expanduser() if path is not None else weights_dir()
+    if not folder.is_dir():
+        raise PriorError(f"--path {folder} is not a folder; give the folder that holds <dataset>-<component>.json sidecars.")
     out = []
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for f in sorted(folder.glob("*.json")):
         try:
             data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            out.append({"sidecar": str(f), "problem": f"unreadable JSON ({type(exc).__name__})"})
             continue
         if isinstance(data, dict) and data.get("format") == FORMAT:
             out.append({**data, "sidecar": str(f)})
     return out
+
+
+def check_prior_files(record: dict[str, Any]) -> str:
+    """``ok``, or what is wrong with the G / D files a sidecar names (missing, sha256 mismatch)."""
+    from ..env import sha256_file
+
+    folder = Path(record["sidecar"]).parent
+    problems = []
+    for part, name in sorted((record.get("files") or {}).items()):
+        f = folder / name
+        if not f.is_file():
+            problems.append(f"{part} missing")
+        elif (record.get("sha256") or {}).get(part) not in (None, sha256_file(f)):
+            problems.append(f"{part} sha256 mismatch")
+    return ", ".join(problems) or "ok"
 
 
 __all__ = [
@@ -329,6 +349,7 @@ __all__ = [
     "Prior",
     "PriorError",
     "latent_cache_dir",
+    "check_prior_files",
     "list_priors",
     "load_bank",
     "load_prior",

@@ -167,14 +167,18 @@ def priors_info(path: Optional[Path] = typer.Option(None, "--path", help="folder
 
     Example: joinbench priors info
     """
-    from .bank import list_priors, weights_dir
+    from .bank import check_prior_files, list_priors, weights_dir
 
-    rows = list_priors(path)
+    found = list_priors(path)
+    broken = [r for r in found if "problem" in r]
+    rows = [r for r in found if "problem" not in r]
+    for r in broken:
+        typer.echo(f"warning: {r['sidecar']}: {r['problem']}; re-export that prior or restore the file", err=True)
     if not rows:
         where = path or weights_dir()
         typer.echo(f"no GAN priors in {where}; train one with `joinbench train prior --dataset materials --component all`")
         return
-    header = ["prior", "res", "kimg", "G params", "G+D MB", "FD-VGG", "floor", "ratio", "device", "commit"]
+    header = ["prior", "res", "kimg", "G params", "G+D MB", "FD-VGG", "floor", "ratio", "device", "commit", "files"]
     table = []
     for r in rows:
         folder = Path(r["sidecar"]).parent
@@ -182,7 +186,7 @@ def priors_info(path: Optional[Path] = typer.Option(None, "--path", help="folder
         table.append([f"{r['dataset']}-{r['component']}", str(r.get("resolution")), f"{r.get('kimg', 0):g}",
                       f"{r.get('params', {}).get('G', 0):,}", f"{size / 1e6:.2f}", _fmt(r.get("fd")),
                       _fmt(r.get("fd_floor")), _fmt(r.get("fd_ratio")), str(r.get("device", "?"))[:24],
-                      str(r.get("commit", "?"))[:10]])
+                      str(r.get("commit", "?"))[:10], check_prior_files(r)])
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
     typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for t in table:

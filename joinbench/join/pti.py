@@ -129,6 +129,8 @@ class PTIConfig:
         """One-line errors for settings that cannot run."""
         if self.steps < 1:
             raise JoinbenchError(f"PTI steps must be at least 1, got {self.steps} (use pti=false to skip stage 2).")
+        if not self.lr > 0:
+            raise JoinbenchError(f"PTI lr must be positive, got {self.lr}.")
         if self.perceptual not in PERCEPTUAL_LOSSES:
             raise JoinbenchError(f"Unknown PTI perceptual loss {self.perceptual!r}; use one of {', '.join(PERCEPTUAL_LOSSES)}.")
         if self.batching not in BATCHING:

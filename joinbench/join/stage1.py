@@ -179,6 +179,8 @@ class JointInverter:
             raise JoinbenchError(f"Unknown dtype {config.dtype!r}; use float32 or float64.")
         if config.steps < 1:
             raise JoinbenchError(f"steps must be at least 1, got {config.steps}.")
+        if not config.lr > 0:
+            raise JoinbenchError(f"lr must be positive, got {config.lr}.")
         self.dtype = DTYPES[config.dtype]
         self.means: dict[str, Tensor] = {}
         self.regularisers: dict[str, LatentRegulariser] = {}
