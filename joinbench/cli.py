@@ -204,8 +204,16 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command (same --out) to resume", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130: say what to do
+            typer.echo("\n" + INTERRUPTED, err=True)
+        raise
+
+
+INTERRUPTED = ("interrupted: finished work is kept; rerun the same command (same --out) to resume "
+               "(run, ablate, compare, train)")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,25 @@ def test_cli_rejects_empty_metrics_and_negative_grid(tmp_path):
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "joinbench", "run", "--method", "trivial", "--dataset", "materials", "--resolution", "16",
+           "--batch-size", "1", "--metrics", "mse", "--device", "cpu", "--out", "r", "-q"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "r" / "records.jsonl"
+    deadline = time.time() + 60
+    while not (records.is_file() and records.stat().st_size) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before it could be interrupted; make it longer")
+    assert proc.returncode == 130 and "interrupted: finished work is kept; rerun the same command" in err
+    assert "Traceback" not in err
+
+
 def test_report_marks_best_within_a_dataset_only(tmp_path):
     a = _run(tmp_path, "m1", method="trivial", dataset="materials", limit=2)
     b = _run(tmp_path, "f1", method="trivial", dataset="faces", limit=2)
