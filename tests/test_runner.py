@@ -277,7 +277,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
 
     cmd = [sys.executable, "-m", "joinbench", "run", "--method", "trivial", "--dataset", "materials", "--resolution", "16",
            "--batch-size", "1", "--metrics", "mse", "--device", "cpu", "--out", "r", "-q"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored, and Python keeps it so: give the child the default
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     records = tmp_path / "r" / "records.jsonl"
     deadline = time.time() + 60
     while not (records.is_file() and records.stat().st_size) and time.time() < deadline and proc.poll() is None:
