@@ -337,8 +337,8 @@ class MITDataset(FileDataset):
                              key=lambda d: d.name)
         if not objects:
             raise DatasetError(
-                f"mit:{root}: no MIT objects here; expected {root}/<object>/original.png with reflectance.png, "
-                f"shading.png and mask.png beside it (point mit: at the folder that holds the object folders)."
+                f"mit:{root}: no MIT objects here; expected {root}/<object>/original.png, optionally with "
+                f"reflectance.png, shading.png, specular.png and mask.png beside it (point mit: at the folder that holds the object folders)."
             )
         items = [_Item(d.name, d / "original.png", tuple(image_info(d / "original.png")["size"])) for d in objects]
         found = {layer: {it.id: it.image.parent / fname for it in items if (it.image.parent / fname).is_file()}

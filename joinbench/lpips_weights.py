@@ -181,7 +181,8 @@ def _verify(bb: Backbone, state: dict[str, Tensor], where: str) -> None:
     if got != expected:
         raise WeightsIntegrityError(
             f"{where}: {bb.arch} features content hash is {got}, expected {expected}; the file is "
-            f"corrupt or not torchvision's ImageNet {bb.arch}: delete it to re-provision."
+            f"corrupt or not torchvision's ImageNet {bb.arch}: replace it with a good copy, or delete it and run "
+            "`joinbench weights lpips` to provision it again."
         )
 
 
@@ -205,7 +206,9 @@ def read_features(path: str | os.PathLike, net: str) -> dict[str, Tensor]:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise WeightsError(
-            f"{path} is not a readable safetensors file ({type(exc).__name__}); delete it to re-provision."
+            f"{path} is not a readable safetensors file ({type(exc).__name__}; a complete {bb.arch} file has features "
+            f"content hash {bb.sha256} in float32 or {bb.sha256_fp16} in float16); replace it with a good copy, or "
+            f"delete it and run `joinbench weights lpips` to provision it again."
         ) from None
     _verify(bb, state, str(path))
     state = {k: v.float() for k, v in state.items()}

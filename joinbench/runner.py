@@ -186,6 +186,11 @@ def run_benchmark(settings: RunSettings) -> Path:
 
     run_dir = Path(settings.out) if settings.out else default_run_dir(settings.method, settings.dataset)
     run_dir = Path(ctx.broadcast(str(run_dir)))  # every rank in rank 0's folder (timestamps differ)
+    if run_dir.is_dir() and not any((run_dir / f).is_file() for f in ("run.json", "reuse-key.json")):
+        others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+        if others:  # not a run folder: writing tables and grids among someone's files would be a surprise
+            raise JoinbenchError(f"--out {run_dir} already holds other files ({', '.join(others[:3])}"
+                                 f"{', ...' if len(others) > 3 else ''}) and no run; give a new or empty folder.")
     make_folder(run_dir)
     identity = {
         "method": settings.method, "method_config": method.describe()["config"],

@@ -14,6 +14,14 @@ from .env import sha256_file
 from .errors import JoinbenchError
 
 
+def _fix(file: Path) -> str:
+    """How to repair a bad weights file: a shipped one is restored, a user's own re-exported."""
+    shipped = Path(__file__).resolve().parent / "weights"
+    if shipped in file.resolve().parents:
+        return "restore the shipped file (`git checkout -- joinbench/weights` in a clone, or reinstall joinbench)"
+    return "re-export it (or copy it again)"
+
+
 def load_checked(module: torch.nn.Module, file: Path, expected_sha: str | None, sidecar: Path,
                  error_cls: type[JoinbenchError], missing_hint: str) -> None:
     """Hash check, then key and shape checks against ``module``, then load (upcast to float32).
@@ -28,11 +36,11 @@ def load_checked(module: torch.nn.Module, file: Path, expected_sha: str | None, 
     found = sha256_file(file)
     if expected_sha != found:
         raise error_cls(f"{file}: sha256 {found} does not match {expected_sha} recorded in {sidecar.name}; "
-                        "the file is corrupt or belongs to another export: re-export it.")
+                        f"the file is corrupt or belongs to another export: {_fix(file)}.")
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise error_cls(f"{file}: unreadable safetensors file ({exc}).") from None
+        raise error_cls(f"{file}: unreadable safetensors file ({exc}); {_fix(file)}.") from None
     expected = module.state_dict()
     missing = [k for k in expected if k not in tensors]
     extra = [k for k in tensors if k not in expected]

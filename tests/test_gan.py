@@ -259,6 +259,11 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         load_prior("materials", "albedo", path=tmp_path)
     msg = _one_line(e)
     assert "materials-albedo-G.safetensors" in msg and data["sha256"]["G"] in msg and "sha256" in msg
+    assert "re-export it" in msg  # a user's own folder; a shipped file is restored instead:
+    from joinbench.gan.bank import weights_dir
+    from joinbench.weights_io import _fix
+
+    assert "restore the shipped file" in _fix(weights_dir() / "materials-albedo-G.safetensors")
     with pytest.raises(JoinbenchError, match="Unknown prior component"):
         load_prior("materials", "diffuse", path=tmp_path)
 

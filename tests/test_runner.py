@@ -237,6 +237,17 @@ def test_out_must_be_a_folder(tmp_path):
         run_benchmark(RunSettings(method="trivial", dataset="materials", out=f, limit=1, resolution=16, progress=False))
 
 
+def test_out_folder_with_other_files_is_refused(tmp_path):
+    own = tmp_path / "photos"
+    own.mkdir()
+    (own / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(JoinbenchError, match="already holds other files .*holiday.jpg.* and no run"):
+        run_benchmark(RunSettings(method="trivial", dataset="materials", out=own, limit=1, resolution=16, progress=False))
+    assert sorted(p.name for p in own.iterdir()) == ["holiday.jpg"]
+    (tmp_path / "empty").mkdir()
+    assert (_run(tmp_path, "empty", method="trivial", dataset="materials", limit=1) / "summary.json").is_file()
+
+
 def test_paths_that_cannot_be_written_fail_in_one_line(tmp_path):
     from joinbench.env import make_folder, write_atomic
 
