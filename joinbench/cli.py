@@ -92,11 +92,19 @@ def run_cmd(
     typer.echo(f"run folder: {run_dir}")
 
 
+def _file_out(text: str | None, example: str = "report.md") -> Path | None:
+    """An --out that names a file: "dir/" (a folder, perhaps not yet made) is refused here,
+    because Path("dir/") forgets the slash and would write a file called dir."""
+    if text is not None and text.endswith(("/", os.sep)):
+        raise JoinbenchError(f"--out {text} names a folder; give a file name (e.g. {text.rstrip('/' + os.sep)}/{example}).")
+    return None if text is None else Path(text)
+
+
 @app.command("report")
 def report_cmd(
     runs: List[Path] = typer.Argument(..., help="run folders to compare"),
     format: str = typer.Option("md", "--format", "-f", help="md | latex | csv | html"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="file to write instead of stdout"),
     title: Optional[str] = typer.Option(None, "--title", help="report title"),
 ):
     """Merge run folders into one comparison table (best per column marked).
@@ -106,6 +114,7 @@ def report_cmd(
     from .env import write_atomic
     from .report import render_report
 
+    out = _file_out(out)
     text = render_report(list(runs), format, title, command="joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if out:
         write_atomic(out, text)
@@ -120,7 +129,7 @@ def datasets_preview(
     n: int = typer.Option(16, "--n", help="number of samples (rows)"),
     resolution: int = typer.Option(64, "--resolution", "-r"),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG file (default NAME-preview.png)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="PNG file (default NAME-preview.png)"),
 ):
     """A grid with one row per test sample: image | albedo | shading | specular (| mask).
 
@@ -131,6 +140,7 @@ def datasets_preview(
 
     if n < 1:
         raise JoinbenchError(f"--n must be at least 1, got {n}.")
+    out = _file_out(out, "preview.png")
     ds = create_dataset_for_run(name, resolution, seed)
     rows, labels = dataset_rows(ds, n)
     path = out or Path(f"{name.replace(':', '_').replace('/', '_')}-preview.png")

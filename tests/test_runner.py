@@ -275,6 +275,16 @@ def test_bad_run_settings_fail_before_running(tmp_path, kw, message):
         _run(tmp_path, "bad", **kw)
 
 
+def test_out_with_a_trailing_slash_is_a_folder_not_a_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    res = CliRunner().invoke(app, ["datasets", "preview", "materials", "--n", "1", "--out", str(tmp_path / "pv") + "/"])
+    assert isinstance(res.exception, JoinbenchError) and "names a folder; give a file name" in str(res.exception)
+    assert not (tmp_path / "pv").exists()
+
+
 def test_cli_rejects_empty_metrics_and_negative_grid(tmp_path):
     for extra, message in ((["--metrics", ""], "names no metric"), (["--grid-images", "-1"], "--grid-images must be")):
         res = subprocess.run([sys.executable, "-m", "joinbench", "run", "--method", "trivial", "--dataset", "materials",
