@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import JoinbenchError
+from .errors import JoinbenchError, did_you_mean
 from .gan.cli import priors_app, train_app
 from .registry import REGISTRIES
 
@@ -36,11 +36,7 @@ def list_cmd(kind: str = typer.Argument(..., help="methods | datasets | metrics 
     Example: joinbench list methods
     """
     if kind not in REGISTRIES:
-        import difflib
-
-        close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise JoinbenchError(f"Unknown kind {kind!r}.{hint} Use one of: {', '.join(REGISTRIES)}.")
+        raise JoinbenchError(f"Unknown kind {kind!r}.{did_you_mean(kind, REGISTRIES)} Use one of: {', '.join(REGISTRIES)}.")
     rows = REGISTRIES[kind].describe(pattern)
     width = max((len(n) for n, _ in rows), default=0)
     for name, desc in rows:

@@ -86,14 +86,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where ``folder`` or one of its parents must be a folder, if any."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 def make_folder(path: str | Path, what: str = "--out") -> Path:
     """``mkdir -p path``, or one line naming the file that stands where a folder must be."""
     path = Path(path)
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise JoinbenchError(f"{what} {path}: {p} is a file; give a folder.")
-            break
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise JoinbenchError(f"{what} {path}: {blocker} is a file; give a folder.")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -113,11 +119,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     path = Path(path)
     if path.is_dir():
         raise JoinbenchError(f"{path} is a folder; give a file name to write (e.g. {path / ('out' + (path.suffix or '.png'))}).")
-    for parent in path.parents:  # a file where a folder must go: one line, not FileExistsError
-        if parent.exists():
-            if not parent.is_dir():
-                raise JoinbenchError(f"{parent} is a file, so {path} cannot be written under it; choose another path.")
-            break
+    blocker = _file_in_the_way(path.parent)  # one line, not FileExistsError from mkdir
+    if blocker is not None:
+        raise JoinbenchError(f"{blocker} is a file, so {path} cannot be written under it; choose another path.")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")

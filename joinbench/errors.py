@@ -8,6 +8,15 @@ a traceback from deep inside torch.
 from __future__ import annotations
 
 
+def did_you_mean(name: str, options, n: int = 1) -> str:
+    """`` Did you mean 'x'?`` (or ``'x' or 'y'``) for the options closest to a misspelt ``name``;
+    empty when nothing is close. Appended to "Unknown ..." messages."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=n, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 class JoinbenchError(Exception):
     """An error caused by input, configuration or environment, with a one-line message."""
 

@@ -21,7 +21,6 @@ one after another; under ``torchrun`` each run is sharded across the processes
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import io
 import json
@@ -36,7 +35,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from .errors import JoinbenchError
+from .errors import JoinbenchError, did_you_mean
 
 DEFAULT_SPEC = "join"
 SPEC_SUFFIX = ".toml"
@@ -88,11 +87,6 @@ def shipped_specs() -> list[str]:
     return sorted(p.stem for p in shipped_specs_dir().glob(f"*{SPEC_SUFFIX}"))
 
 
-def _did_you_mean(name: str, options, n: int = 1) -> str:
-    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=n, cutoff=0.5)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def resolve_spec_path(spec: str | Path | None) -> tuple[Path, bool]:
     """``spec`` as a file (a path that exists) or a shipped spec's name; (path, shipped)."""
     if spec is None or str(spec) == "":
@@ -108,7 +102,7 @@ def resolve_spec_path(spec: str | Path | None) -> tuple[Path, bool]:
         return shipped, True
     names = shipped_specs()
     raise JoinbenchError(
-        f"Spec {str(spec)!r} not found: no such file, and no shipped spec of that name.{_did_you_mean(name, names)} "
+        f"Spec {str(spec)!r} not found: no such file, and no shipped spec of that name.{did_you_mean(name, names)} "
         f"Shipped specs: {', '.join(names)} (print one with `joinbench ablate --spec NAME --print-spec > my.toml`).")
 
 
@@ -153,7 +147,7 @@ def _flatten_settings(table: dict[str, Any], where: str, prefix: str = "") -> di
 
 
 def _unknown_key(key: str, valid, where: str) -> JoinbenchError:
-    return JoinbenchError(f"{where}: unknown key {key!r}.{_did_you_mean(key, valid)} Valid keys: {', '.join(valid)}.")
+    return JoinbenchError(f"{where}: unknown key {key!r}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}.")
 
 
 def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> AblationSpec:
@@ -211,12 +205,12 @@ def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> Abl
     names = [v.name for v in variants]
     if "baseline" in data and data["baseline"] not in names:
         raise JoinbenchError(f"{where}: baseline {data['baseline']!r} is not a variant of this spec."
-                             f"{_did_you_mean(data['baseline'], names)} Variants: {', '.join(names)}.")
+                             f"{did_you_mean(data['baseline'], names)} Variants: {', '.join(names)}.")
     fixed = []
     for v in variants:
         if v.baseline is not None and v.baseline not in names:
             raise JoinbenchError(f"{where}, variant {v.name!r}: baseline {v.baseline!r} is not a variant of this spec."
-                                 f"{_did_you_mean(v.baseline, names)} Variants: {', '.join(names)}.")
+                                 f"{did_you_mean(v.baseline, names)} Variants: {', '.join(names)}.")
         # the spec-wide baseline is compared with every other variant, not with itself
         fixed.append(Variant(v.name, v.method, v.set, v.group, None if v.baseline == v.name else v.baseline, v.description))
     return AblationSpec(title=data.get("title", "Ablations"), variants=tuple(fixed), metrics=tuple(metrics),
@@ -856,7 +850,7 @@ def parse_method_sets(items: list[str] | None, methods: tuple[str, ...]) -> dict
         if not eq or not colon or not method or not key.strip():
             raise JoinbenchError(f"--set expects METHOD:key=value for compare, got {item!r} (e.g. --set join:steps=200).")
         if method not in methods:
-            raise JoinbenchError(f"--set {item!r}: {method!r} is not one of the compared methods.{_did_you_mean(method, methods)} "
+            raise JoinbenchError(f"--set {item!r}: {method!r} is not one of the compared methods.{did_you_mean(method, methods)} "
                                  f"Compared: {', '.join(methods)}.")
         out.setdefault(method, {})[key.strip()] = value.strip()
     return out

@@ -19,7 +19,6 @@ latents and noise, not weights; PTI turns gradients back on for the generator it
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import JoinbenchError
+from ..errors import JoinbenchError, did_you_mean
 from ..forward import COMPONENTS
 from ..weights_io import load_checked
 from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
@@ -206,15 +205,12 @@ def load_prior(dataset: str, component: str, device: str | torch.device = "cpu",
     from ..env import resolve_device
 
     if component not in PRIOR_COMPONENTS:
-        close = difflib.get_close_matches(str(component), PRIOR_COMPONENTS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise PriorError(f"Unknown prior component {component!r}.{hint} Use one of {', '.join(PRIOR_COMPONENTS)}.")
+        raise PriorError(f"Unknown prior component {component!r}.{did_you_mean(component, PRIOR_COMPONENTS)} Use one of {', '.join(PRIOR_COMPONENTS)}.")
     dev = resolve_device(device)
     sc_path = sidecar_path(dataset, component, path)
     if not sc_path.exists():
-        from ..registry import DATASETS
-
         from ..method import dataset_domain
+        from ..registry import DATASETS
 
         if dataset not in DATASETS:  # a typo, not a prior still to train: say which names exist
             raise PriorError(DATASETS._unknown_message(dataset))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
-import difflib
 import json
 import os
 import shutil
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..env import sha256_file
-from ..errors import JoinbenchError
+from ..errors import JoinbenchError, did_you_mean
 from ..forward import COMPONENTS
 from .model import ConfigDict, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
 
@@ -106,9 +105,7 @@ class TrainConfig(ConfigDict):
     def resolved(self) -> "TrainConfig":
         cfg = copy.copy(self)
         if cfg.component not in TRAIN_TARGETS:
-            close = difflib.get_close_matches(str(cfg.component), TRAIN_TARGETS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise JoinbenchError(f"Unknown component {cfg.component!r}.{hint} Use one of {', '.join(TRAIN_TARGETS)}.")
+            raise JoinbenchError(f"Unknown component {cfg.component!r}.{did_you_mean(cfg.component, TRAIN_TARGETS)} Use one of {', '.join(TRAIN_TARGETS)}.")
         if cfg.batch < 1 or cfg.kimg <= 0:
             raise JoinbenchError(f"--batch must be >= 1 and --kimg > 0 (got batch {cfg.batch}, kimg {cfg.kimg}).")
         if cfg.resolution < 16 or cfg.resolution > 512 or cfg.resolution & (cfg.resolution - 1):
