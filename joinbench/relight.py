@@ -165,8 +165,6 @@ def relight_cmd(
         raise JoinbenchError(f"--random-shading N must be at least 1, got {random_shading}.")
     if sum(x is not None for x in (shading_from, shading_index)) + (random_shading > 0) != 1:
         raise JoinbenchError("Give exactly one new lighting: --shading-from IMAGE2, --shading-index J or --random-shading N.")
-    if random_shading < 0:
-        raise JoinbenchError(f"--random-shading must be at least 1, got {random_shading}.")
     if out.suffix.lower() != ".png":
         raise JoinbenchError(f"--out {out}: the strip is written as PNG; give a .png file name.")
     from joinbench.datasets.base import check_resolution
