@@ -219,7 +219,7 @@ def main() -> None:
 
 
 INTERRUPTED = ("interrupted: finished work is kept; rerun the same command (same --out) to resume "
-               "(run, ablate, compare, train)")
+               "(run, ablate, compare; train: add --resume)")
 
 
 if __name__ == "__main__":

@@ -402,6 +402,54 @@ def test_time_budget_stops_exports_and_resumes(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_checkpoints_after_the_batch_and_resumes_exactly(tmp_path, monkeypatch):
+    """The first SIGINT ends the loop after the current batch with a checkpoint and no export;
+    --resume then finishes exactly like an uninterrupted run."""
+    from joinbench.gan import loop
+
+    real_advance = loop.TrainClock.advance
+
+    def advance_then_interrupt(self):
+        if self.step == 1:  # Ctrl-C arrives during the second batch
+            self._on_sigint(2, None)
+        real_advance(self)
+
+    monkeypatch.setattr(loop.TrainClock, "advance", advance_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.016))
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())
+    assert state["cur_nimg"] == 8 and not list((tmp_path / "t").glob("*-G.safetensors"))  # two batches, no export
+    resumed = train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.016), resume=True)
+    straight = train_prior(tiny_train_cfg(tmp_path / "s", kimg=0.016))
+    a = load_file(str(straight / "checkpoint" / "models.safetensors"))
+    b = load_file(str(resumed / "checkpoint" / "models.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_needs_an_intact_checkpoint(tmp_path):
+    with pytest.raises(JoinbenchError, match="holds no complete checkpoint.*drop --resume"):
+        train_prior(tiny_train_cfg(tmp_path / "empty", kimg=0.008), resume=True)
+    out = train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.008, minutes=1e-6))
+    models = out / "checkpoint" / "models.safetensors"
+    raw = bytearray(models.read_bytes())
+    raw[-100:] = bytes(100)  # damaged, still a loadable safetensors file
+    models.write_bytes(bytes(raw))
+    with pytest.raises(JoinbenchError, match="models.safetensors has sha256 .* expected .*damaged"):
+        train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.016), resume=True)
+    (out / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(JoinbenchError, match="state.json is unreadable"):
+        train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.016), resume=True)
+
+
+@pytest.mark.parametrize("kw, message", [(dict(kimg=float("nan")), "--kimg a finite number"),
+                                         (dict(minutes=0.0), "--minutes must be"), (dict(lr=-1.0), "--lr must be"),
+                                         (dict(r1_gamma=-1.0), "--r1-gamma must be")])
+def test_training_numbers_are_checked(tmp_path, kw, message):
+    with pytest.raises(JoinbenchError, match=message):
+        train_prior(tiny_train_cfg(tmp_path / "t", **{"kimg": 0.008, **kw}))
+
+
 def test_train_stream_chunks_yield_the_same_batches_and_resume_inside_a_chunk():
     ds = create_training_dataset("materials", 16)
     plain, chunked = TrainStream(ds, 2, "cpu", 3, 16), TrainStream(ds, 2, "cpu", 3, 16, chunk=3)

@@ -4,7 +4,9 @@ log and snapshot intervals, ``log.jsonl`` lines and the progress bar.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,10 @@ class TrainClock:
     It exists so that both trainings (priors and encoders) count these identically: a run resumed
     with ``--resume`` continues ``cur_nimg``, ``step`` and ``wall_s`` from the checkpoint's scalars
     (:meth:`scalars` gives them back for the next one), and ``--minutes`` stops both after the
-    same budget, on a step that logs and snapshots (``done``) so nothing trained is lost. Wall time
+    same budget, on a step that logs and snapshots (``done``) so nothing trained is lost. Ctrl-C
+    does the same: the first SIGINT ends the loop after the current batch (so the checkpoint
+    resumes exactly), and leaving the ``with`` block then raises KeyboardInterrupt instead of
+    going on to export; a second Ctrl-C interrupts at once. Wall time
     counts only the loop (``t_seg`` segments), not setup or export, and accumulates over resumes.
 
     Use as a context manager (it owns the tqdm bar)::
@@ -59,12 +64,26 @@ class TrainClock:
         self._t_log, self._n_log = time.perf_counter(), 0
         self._t_seg = time.perf_counter()
         self._deadline = None if minutes is None else self._t_seg + 60.0 * minutes
+        self.interrupted = False
+        self._old_handler: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:  # the second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.bar.write("interrupt: finishing this batch and writing a checkpoint (Ctrl-C again to stop at once)")
 
     def __enter__(self) -> TrainClock:
+        with contextlib.suppress(ValueError):  # only the main thread may handle signals
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
         self.bar.close()
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+        if self.interrupted and exc_type is None:  # checkpointed by the loop's last snapshot: do not export
+            raise KeyboardInterrupt
 
     def advance(self) -> None:
         """Count one trained batch and check the time budget."""
@@ -72,7 +91,7 @@ class TrainClock:
         self._n_log += self.batch
         self.bar.update(min(self.batch, self.total_nimg - self.prev))
         self.out_of_time = self._deadline is not None and time.perf_counter() >= self._deadline
-        self.done = self.cur_nimg >= self.total_nimg or self.out_of_time
+        self.done = self.cur_nimg >= self.total_nimg or self.out_of_time or self.interrupted
 
     def due(self, every_kimg: float) -> bool:
         """Whether the last batch crossed an ``every_kimg`` interval, or was the last one."""

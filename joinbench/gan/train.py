@@ -33,6 +33,7 @@ import contextlib
 import copy
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -106,8 +107,9 @@ class TrainConfig(ConfigDict):
         cfg = copy.copy(self)
         if cfg.component not in TRAIN_TARGETS:
             raise JoinbenchError(f"Unknown component {cfg.component!r}.{did_you_mean(cfg.component, TRAIN_TARGETS)} Use one of {', '.join(TRAIN_TARGETS)}.")
-        if cfg.batch < 1 or cfg.kimg <= 0:
-            raise JoinbenchError(f"--batch must be >= 1 and --kimg > 0 (got batch {cfg.batch}, kimg {cfg.kimg}).")
+        check_training_numbers(cfg.batch, cfg.kimg, cfg.minutes, cfg.lr)
+        if cfg.r1_gamma is not None and not (math.isfinite(cfg.r1_gamma) and cfg.r1_gamma >= 0):
+            raise JoinbenchError(f"--r1-gamma must be 0 or more, got {cfg.r1_gamma}.")
         if cfg.resolution < 16 or cfg.resolution > 512 or cfg.resolution & (cfg.resolution - 1):
             raise JoinbenchError(f"--resolution {cfg.resolution} is not supported: use a power of two from 16 to 512.")
         if cfg.r1_gamma is None:
@@ -130,6 +132,18 @@ class TrainConfig(ConfigDict):
         return DiscriminatorConfig(resolution=self.resolution, img_channels=9 if name == "joint" else 3,
                                    channel_base=self.channel_base, channel_max=self.channel_max,
                                    mbstd_group_size=self.mbstd_group_size)
+
+
+def check_training_numbers(batch: int, kimg: float, minutes: float | None, lr: float,
+                           error_cls: type[JoinbenchError] = JoinbenchError) -> None:
+    """The budget and step size every training command shares, as one-line errors (nan and inf
+    included, which would otherwise fail deep inside the loop or the optimiser)."""
+    if batch < 1 or not (math.isfinite(kimg) and kimg > 0):
+        raise error_cls(f"--batch must be >= 1 and --kimg a finite number > 0 (got batch {batch}, kimg {kimg}).")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise error_cls(f"--minutes must be a finite number > 0, got {minutes} (leave it out for no time budget).")
+    if not (math.isfinite(lr) and lr > 0):
+        raise error_cls(f"--lr must be a finite number > 0, got {lr}.")
 
 
 def model_seed(seed: int, name: str) -> int:
@@ -408,7 +422,9 @@ def save_checkpoint(out: Path, trainers: list[PriorTrainer], stream: TrainStream
     state = {"trainers": {t.name: t.state() for t in trainers}, "stream": stream.state(),
              "torch_rng": torch.get_rng_state()}
     torch.save(state, tmp / "state.pt")
-    (tmp / "state.json").write_text(json.dumps({"version": CHECKPOINT_VERSION, **scalars}, indent=2, default=str) + "\n")
+    sums = {f: sha256_file(tmp / f) for f in ("models.safetensors", "state.pt")}  # checked by load_checkpoint
+    (tmp / "state.json").write_text(json.dumps({"version": CHECKPOINT_VERSION, **scalars, "sha256": sums}, indent=2,
+                                               default=str) + "\n")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -431,11 +447,42 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
+def open_checkpoint(out: Path, resume: bool, error_cls: type[JoinbenchError] = JoinbenchError) -> tuple[Path | None, dict[str, Any] | None]:
+    """Make the ``--out`` folder and find its checkpoint for a training command: (folder, its
+    state.json) when resuming, (None, None) for a new run. One-line errors for a checkpoint
+    without --resume, --resume without a complete checkpoint (it would silently start over)
+    and an unreadable state.json. Shared by the prior and the encoder trainings."""
+    from ..env import make_folder
+
+    make_folder(out)
+    ckpt = find_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise error_cls(f"{out} already holds a training checkpoint: pass --resume to continue it, or choose another --out.")
+    if ckpt is None:
+        if resume:
+            raise error_cls(f"--resume: {out} holds no complete checkpoint ({CHECKPOINT_DIR}/ with models.safetensors, "
+                            "state.pt and state.json); drop --resume to start a new training there.")
+        return None, None
+    try:
+        saved = json.loads((ckpt / "state.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise error_cls(f"Cannot resume from {ckpt}: state.json is unreadable ({type(exc).__name__}); delete that "
+                        "checkpoint folder or choose another --out.") from None
+    return ckpt, saved
+
+
 def load_checkpoint(path: Path, trainers: list[PriorTrainer], stream: TrainStream) -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         scalars = json.loads((path / "state.json").read_text())
+        for name, expected in (scalars.get("sha256") or {}).items():
+            found = sha256_file(path / name)
+            if found != expected:
+                raise ValueError(f"{name} has sha256 {found}, expected {expected}: the file is damaged")
         tensors = load_file(str(path / "models.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         for t in trainers:
@@ -443,7 +490,7 @@ def load_checkpoint(path: Path, trainers: list[PriorTrainer], stream: TrainStrea
             t.load_state(state["trainers"][t.name])
         stream.load_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
-    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, EOFError, json.JSONDecodeError) as exc:
         raise JoinbenchError(f"Cannot resume from {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                              "delete that checkpoint folder or choose another --out.") from None
     return scalars
@@ -551,15 +598,11 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    ckpt = find_checkpoint(out) if out.exists() else None
-    if ckpt is not None and not resume:
-        raise JoinbenchError(f"{out} already holds a training checkpoint: pass --resume to continue it, "
-                             "or choose another --out.")
+    ckpt, saved = open_checkpoint(out, resume)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    out.mkdir(parents=True, exist_ok=True)
 
     ds = create_training_dataset(cfg.dataset, cfg.resolution, cfg.forward_model)
     fm = ds.forward_model
@@ -568,7 +611,6 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution, chunk=max(1, chunk_images // cfg.batch))
     scalars = None
     if ckpt is not None:
-        saved = json.loads((ckpt / "state.json").read_text())
         _check_resume(saved.get("config", {}), cfg, device, ckpt)
         scalars = load_checkpoint(ckpt, trainers, stream)
         for t in trainers:

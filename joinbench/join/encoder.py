@@ -416,8 +416,9 @@ class EncoderTrainConfig(ConfigDict):
         cfg = dataclasses.replace(self, widths=tuple(int(w) for w in self.widths), gain_stage1=dict(self.gain_stage1))
         if cfg.component not in TRAIN_COMPONENTS:
             raise EncoderError(f"Unknown encoder component {cfg.component!r}; use one of {', '.join(TRAIN_COMPONENTS)}.")
-        if cfg.batch < 1 or cfg.kimg <= 0:
-            raise EncoderError(f"--batch must be >= 1 and --kimg > 0 (got batch {cfg.batch}, kimg {cfg.kimg}).")
+        from ..gan.train import check_training_numbers
+
+        check_training_numbers(cfg.batch, cfg.kimg, cfg.minutes, cfg.lr, EncoderError)
         if cfg.gain_images < 0 or cfg.gain_steps < 0:
             raise EncoderError(f"--gain-images and --gain-steps must be >= 0 (got {cfg.gain_images}, {cfg.gain_steps}).")
         if cfg.pixel_weight < 0 or cfg.perceptual_weight < 0:
@@ -638,16 +639,14 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     holding ``<dataset>-<component>-encoder.safetensors`` + ``.json`` per encoder."""
     from ..env import device_name, git_commit, resolve_device, versions
     from ..gan.loop import TrainClock
-    from ..gan.train import (TrainStream, _truncate_log, create_training_dataset, find_checkpoint, last_logged_rate,
-                             load_checkpoint, save_checkpoint)
+    from ..gan.train import (TrainStream, _truncate_log, create_training_dataset, last_logged_rate, load_checkpoint,
+                             open_checkpoint, save_checkpoint)
     from .losses import PerceptualLoss
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    ckpt = find_checkpoint(out) if out.exists() else None
-    if ckpt is not None and not resume:
-        raise EncoderError(f"{out} already holds a training checkpoint: pass --resume to continue it, or choose another --out.")
+    ckpt, saved = open_checkpoint(out, resume, EncoderError)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -661,7 +660,6 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     resolution = cfg.resolution or g_res
     cfg.resolution = resolution
     prior_shas = {n: priors[n].sha256 for n in cfg.names()}
-    out.mkdir(parents=True, exist_ok=True)
 
     ds = create_training_dataset(cfg.dataset, g_res)
     fm = ds.forward_model
@@ -672,7 +670,6 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     scalars = None
     first: dict[str, dict[str, float]] = {}
     if ckpt is not None:
-        saved = json.loads((ckpt / "state.json").read_text())
         _check_resume(saved, cfg, device, prior_shas, ckpt)
         scalars = load_checkpoint(ckpt, trainers, stream)
         first = dict(scalars.get("first_losses", {}))
