@@ -38,6 +38,7 @@ Policies, both loaders:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,10 +242,22 @@ class FileDataset(Dataset):
             mask=out.get("mask"), meta=meta,
         )
 
+    def content_fingerprint(self) -> str:
+        """sha256 over every file this dataset reads (path, size, modification time), so that
+        ``ablate`` / ``compare`` key their runs on the files, not only on the folder's name:
+        replacing or editing an image makes the next run recompute instead of reusing."""
+        h = hashlib.sha256()
+        for it in self.items:
+            for path in (it.image, *(it.layers[k] for k in sorted(it.layers))):
+                st = path.stat()
+                h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
     def info(self) -> dict[str, Any]:
         out = super().info()
         out["components"] = list(self.components)
         out["masks"] = self.has_mask_files
+        out["content_sha256"] = self.content_fingerprint()
         return out
 
 

@@ -199,6 +199,8 @@ def run_benchmark(settings: RunSettings) -> Path:
         # float32 optimisation results differ in the last bits between batch sizes
         "batch_size": settings.batch_size,
     }
+    if hasattr(dataset, "content_fingerprint"):  # user folders: resuming after their files changed would mix two sets
+        identity["dataset_content"] = dataset.content_fingerprint()
     _guard_identity(run_dir, identity)
     shrinking = _shrinking_note(run_dir, n_total) if ctx.is_main else None
     if shrinking:

@@ -329,10 +329,13 @@ def plan_run(label: str, method: str, overrides: dict[str, str], dataset_name: s
     if limit is None and device.type == "cpu" and getattr(m, "cpu_default_limit", None):
         limit = m.cpu_default_limit  # explicit, so the folder does not change meaning with the device
     images = len(dataset) if limit is None else min(limit, len(dataset))
+    # user folders (folder:, mit:) may change under the same name: key on their files too
+    content = dataset.content_fingerprint() if hasattr(dataset, "content_fingerprint") else None
     key = _norm({
         "method": method, "method_config": m.describe()["config"], "dataset": dataset_name,
         "resolution": common.resolution, "seed": common.seed, "limit": limit, "images": images,
         "metrics": list(common.metrics), "batch_size": common.batch_size, **code,
+        **({"dataset_content": content} if content else {}),
     })
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     run_dir = root / "runs" / f"{_slug(method)}-{_slug(dataset_name)}-{digest}"

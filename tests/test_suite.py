@@ -324,6 +324,36 @@ def test_runs_from_rerenders_old_runs_with_new_code_and_never_computes(tmp_path,
         run_comparison(dataclasses.replace(settings, runs_from="abc123"))
 
 
+def test_folder_datasets_are_keyed_on_their_files(tmp_path):
+    """A user folder keeps its name when its images change: the run must not be reused."""
+    from joinbench.export import export_dataset
+    from joinbench.runner import create_dataset_for_run
+
+    exp, photos = tmp_path / "exp", tmp_path / "photos"
+    export_dataset(create_dataset_for_run("materials", 16, 0), exp, limit=2, progress=False)
+    photos.mkdir()
+    (photos / "a.png").write_bytes((exp / "materials-00000.png").read_bytes())
+    settings = CompareSettings(datasets=(f"folder:{photos}",), methods=("trivial",), resolution=16, batch_size=1,
+                               device="cpu", metrics=("mse",), out=tmp_path / "cmp", grid_images=1, progress=False)
+    first = json.loads((run_comparison(settings) / "compare.json").read_text())
+    again = json.loads((run_comparison(settings) / "compare.json").read_text())
+    (photos / "a.png").write_bytes((exp / "materials-00001.png").read_bytes())  # same name, other image
+    changed = json.loads((run_comparison(settings) / "compare.json").read_text())
+    runs = [next(iter(d["datasets"].values()))["methods"]["trivial"] for d in (first, again, changed)]
+    assert runs[1]["reused"] and runs[1]["run_dir"] == runs[0]["run_dir"]
+    assert not runs[2]["reused"] and runs[2]["run_dir"] != runs[0]["run_dir"]
+    # a plain run folder refuses to resume over changed files
+    from joinbench.runner import RunSettings, run_benchmark
+
+    folder = tmp_path / "run"
+    run_benchmark(RunSettings(method="trivial", dataset=f"folder:{photos}", resolution=16, out=folder, progress=False,
+                              metrics=("mse",)))
+    (photos / "a.png").write_bytes((exp / "materials-00000.png").read_bytes())
+    with pytest.raises(JoinbenchError, match="holds a different run .*dataset_content"):
+        run_benchmark(RunSettings(method="trivial", dataset=f"folder:{photos}", resolution=16, out=folder,
+                                  progress=False, metrics=("mse",)))
+
+
 def test_compare_options_are_checked():
     assert parse_method_sets(["retinex:gray_threshold=0.1"], ("retinex", "trivial")) == {"retinex": {"gray_threshold": "0.1"}}
     with pytest.raises(JoinbenchError, match="METHOD:key=value"):
