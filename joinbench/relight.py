@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import typer
 from torch import Tensor
 
-from .errors import JoinbenchError
+from .errors import JoinbenchError, did_you_mean
 from .forward import ForwardModel
 from .types import Decomposition
 
@@ -53,15 +53,15 @@ class Relit:
 
 
 def prior_samples(method, n: int, seed: int = 0, psi: float = 0.7, size: int | None = None,
-                  device: torch.device | str = "cpu") -> tuple[list[Tensor], list[Tensor | None]]:
-    """``n`` random (shading, specular) pairs, linear (3, size, size), from the GAN bank the
-    method inverts (or the shipped ``materials`` bank): shading z from a CPU generator seeded
+                  device: torch.device | str = "cpu", prior: str | None = None) -> tuple[list[Tensor], list[Tensor | None]]:
+    """``n`` random (shading, specular) pairs, linear (3, size, size), from the ``prior`` domain's
+    GAN bank (default: the bank the method inverts, else ``materials``): shading z from a CPU generator seeded
     ``seed``, specular from ``seed + 1``, truncation ``psi``. The joint prior gives both
     from one sample."""
     from .gan.bank import PriorError, load_bank
 
     cfg = getattr(method, "config", None)
-    dataset = getattr(cfg, "prior", None) or "materials"
+    dataset = prior or getattr(cfg, "prior", None) or "materials"
     path = getattr(cfg, "priors_path", None)
     path = None if path in (None, "", "none", "None") else path
     joint = bool(getattr(cfg, "joint_prior", False))
@@ -86,7 +86,7 @@ def prior_samples(method, n: int, seed: int = 0, psi: float = 0.7, size: int | N
 
 
 def relight(method, image: Tensor, *, shading_from: Tensor | None = None, random_shading: int = 0, seed: int = 0,
-            psi: float = 0.7, keep_specular: bool = False) -> Relit:
+            psi: float = 0.7, keep_specular: bool = False, prior: str | None = None) -> Relit:
     """Relight ``image`` (3, H, W) display [0, 1] with the lighting of ``shading_from``
     (3, H, W; decomposed in the same batch) or of ``random_shading`` prior samples."""
     if (shading_from is None) == (random_shading <= 0):
@@ -108,7 +108,8 @@ def relight(method, image: Tensor, *, shading_from: Tensor | None = None, random
         specular = [cpu(dec.component("specular")[1])]
         sources = ["shading-from image"]
     else:
-        shading, specular = prior_samples(method, random_shading, seed, psi, size=image.shape[-1], device=method.device)
+        shading, specular = prior_samples(method, random_shading, seed, psi, size=image.shape[-1], device=method.device,
+                                          prior=prior)
         sources = [f"prior sample {i} (seed {seed}, psi {psi:g})" for i in range(random_shading)]
     if keep_specular or not fm.use_specular:
         specular = [own_spec if fm.use_specular else None] * len(shading)
@@ -146,13 +147,15 @@ def relight_cmd(
     psi: float = typer.Option(0.7, "--psi", help="truncation of the random lightings"),
     keep_specular: bool = typer.Option(False, "--keep-specular", help="keep the input's specular layer (default: swap it with the shading)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a method setting: key=value (repeatable)"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="GAN prior domain, materials | faces, for JoIN's bank and "
+                                        "--random-shading (default: the --dataset's domain, else materials)"),
 ):
     """Relight an image: decompose it, swap in another image's or random shading, re-render.
 
     Example: joinbench relight photo.png --shading-from other.png --out relit.png
     """
     from .env import resolve_device
-    from .method import parse_set_options
+    from .method import DOMAINS, dataset_domain, parse_set_options
     from .registry import create_method
     from .viz import grid_image, save_image_atomic
 
@@ -170,17 +173,22 @@ def relight_cmd(
     from joinbench.datasets.base import check_resolution
 
     check_resolution(resolution)
+    if prior is not None and prior not in DOMAINS:
+        raise JoinbenchError(f"Unknown --prior {prior!r}.{did_you_mean(prior, DOMAINS)} Use one of {', '.join(DOMAINS)}.")
     overrides = parse_set_options(set_)
     img = _load_input(image, dataset, index, resolution, "--index")
     src = None
     if shading_from is not None or shading_index is not None:
         src = _load_input(shading_from, dataset if shading_from is None else None, shading_index, resolution, "--shading-index")
+    domain = prior or (dataset_domain(dataset) if dataset is not None else None)
     m = create_method(method, **overrides)
-    if dataset is not None and hasattr(m, "bind_dataset"):  # JoIN: the bank of the dataset's domain
+    if prior is not None and hasattr(getattr(m, "config", None), "prior") and "prior" not in overrides:
+        m = create_method(method, **{**overrides, "prior": prior})  # JoIN inverts that domain's bank
+    elif dataset is not None and hasattr(m, "bind_dataset"):  # JoIN: the bank of the dataset's domain
         m.bind_dataset(dataset, set(overrides))
     m.to(resolve_device(device))
     result = relight(m, img, shading_from=src, random_shading=random_shading, seed=seed, psi=psi,
-                     keep_specular=keep_specular)
+                     keep_specular=keep_specular, prior=domain)
     labels = ["input", "albedo", "new shading", "relit"]
     save_image_atomic(grid_image(result.rows(), labels, cell=max(64, resolution)), out)
     t = result.decomposition.timings

@@ -72,6 +72,24 @@ def test_random_shading_comes_from_the_prior(bank_dir):
         relight(method(bank_dir), img, shading_from=img, random_shading=1)
 
 
+def test_random_shading_follows_the_prior_domain_for_any_method(monkeypatch):
+    """A face is relit with the faces shading prior even when the method is not JoIN."""
+    import joinbench.gan.bank as bank_module
+    from joinbench.relight import prior_samples
+
+    asked = []
+
+    def fake_bank(dataset, *args, **kwargs):
+        asked.append(dataset)
+        raise bank_module.PriorError("stop here")
+
+    monkeypatch.setattr(bank_module, "load_bank", fake_bank)
+    for prior, expected in (("faces", "faces"), (None, "materials")):
+        with pytest.raises(JoinbenchError, match=f"samples the {expected} shading prior"):
+            prior_samples(create_method("retinex"), 1, prior=prior)
+    assert asked == ["faces", "materials"]
+
+
 def test_cli_writes_the_strip(bank_dir, tmp_path):
     a, b = images()
     write_png(tmp_path / "a.png", a)
@@ -98,6 +116,7 @@ def test_cli_writes_the_strip(bank_dir, tmp_path):
     (["img.png", "--out", "x.png", "--random-shading", "2", "--shading-from", "b.png"], "exactly one new lighting"),
     (["img.png", "--out", "x.jpg", "--random-shading", "2"], "give a .png file name"),
     (["img.png", "--out", "x.png", "--shading-index", "2"], "--shading-index picks a test image"),
+    (["img.png", "--out", "x.png", "--random-shading", "1", "--prior", "face"], "Did you mean 'faces'"),
     (["--dataset", "materials", "--index", "100000", "--out", "x.png", "--random-shading", "1", "--resolution", "16"],
      "out of range"),
 ])
