@@ -174,8 +174,11 @@ def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> Abl
     metrics = data.get("metrics", list(DEFAULT_TABLE_METRICS))
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise JoinbenchError(f"{where}: 'metrics' must be a non-empty array of metric names, e.g. metrics = [\"mse\", \"ssim\", \"lpips\"].")
+    twice = sorted({m for m in metrics if metrics.count(m) > 1})
+    if twice:
+        raise JoinbenchError(f"{where}: 'metrics' lists {', '.join(map(repr, twice))} twice.")
     raw = data.get("variant")
-    if raw is None:
+    if raw is None or raw == []:
         raise JoinbenchError(f"{where} has no variants: add [[variant]] tables with name = \"...\" and method = \"...\".")
     if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
         raise JoinbenchError(f"{where}: 'variant' must be an array of tables, written [[variant]] (double brackets).")
@@ -193,6 +196,9 @@ def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> Abl
             if key in v and (not isinstance(v[key], str) or (key in ("name", "method") and not v[key].strip())):
                 raise JoinbenchError(f"{label}: {key!r} must be a non-empty string, got {_kind(v[key])}.")
         name = v["name"].strip()
+        if v.get("baseline") == name:
+            raise JoinbenchError(f"{label}: it names itself as its baseline; name another variant, or drop the key to "
+                                 "use the spec's baseline.")
         if name in seen:
             raise JoinbenchError(f"{where}: variant name {name!r} is used twice (#{seen[name]} and #{k}); names must be unique.")
         seen[name] = k
@@ -363,7 +369,9 @@ def runs_code(out: Path, commit: str) -> dict[str, str]:
             continue
         c = str(key.get("commit", ""))
         found.setdefault(c, {"commit": c, "joinbench": key.get("joinbench")})
-    matches = [c for c in found if commit and c.startswith(commit)]
+    if not commit.strip():
+        raise JoinbenchError("--runs-from needs a commit (a prefix of the one the runs were made at).")
+    matches = [c for c in found if c.startswith(commit)]
     if len(matches) == 1:
         return found[matches[0]]
     seen = ", ".join(c[:12] for c in sorted(found)) or "none"
@@ -694,7 +702,7 @@ def plan_ablation(settings: AblationSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "ablate" / f"{_slug(spec.stem)}-{_slug(settings.dataset)}"
-    code = runs_code(out, settings.runs_from) if settings.runs_from else code_version()
+    code = runs_code(out, settings.runs_from) if settings.runs_from is not None else code_version()
     plans = [plan_run(v.name, v.method, {**settings.overrides, **v.set}, settings.dataset, dataset, device,
                       common, out, code) for v in spec.variants]
     return spec, plans, out, ctx, device, dataset
@@ -718,7 +726,7 @@ def run_ablation(settings: AblationSettings) -> Path:
     if settings.check_only:
         _show_plans(plans, ctx)
         return out
-    if settings.runs_from:
+    if settings.runs_from is not None:
         require_finished(plans, ctx, plans[0].key)
     outcomes = execute(plans, ctx, out)
     if not ctx.is_main:
@@ -881,7 +889,7 @@ def plan_comparison(settings: CompareSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"
-    code = runs_code(out, settings.runs_from) if settings.runs_from else code_version()
+    code = runs_code(out, settings.runs_from) if settings.runs_from is not None else code_version()
     plans = {d: [plan_run(m, m, settings.overrides.get(m, {}), d, ds, device, common, out, code)
                  for m in settings.methods] for d, ds in datasets.items()}
     return plans, datasets, out, ctx, device
@@ -900,7 +908,7 @@ def run_comparison(settings: CompareSettings) -> Path:
     if settings.check_only:
         _show_plans(flat, ctx)
         return out
-    if settings.runs_from:
+    if settings.runs_from is not None:
         require_finished(flat, ctx, flat[0].key)
     outcomes = execute(flat, ctx, out)
     if not ctx.is_main:

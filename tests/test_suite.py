@@ -92,6 +92,9 @@ set = { colour = true, eps = 1e-4, anchor_percentile = 90, stage1 = { steps = 5 
     ('[[variant]]\nname = "a"\nmethod = 3\n', r"'method' must be a non-empty string, got an integer"),
     ('[variant]\nname = "a"\nmethod = "trivial"\n', r"array of tables, written \[\[variant\]\]"),
     ('title = "nothing"\n', r"has no variants"),
+    ('variant = []\n', r"has no variants"),
+    ('metrics = ["mse", "mse"]\n[[variant]]\nname = "a"\nmethod = "trivial"\n', r"'metrics' lists 'mse' twice"),
+    ('[[variant]]\nname = "a"\nmethod = "trivial"\nbaseline = "a"\n', r"variant #1 \('a'\): it names itself as its baseline"),
     ('metrics = "mse"\n[[variant]]\nname = "a"\nmethod = "trivial"\n', r"'metrics' must be a non-empty array"),
     ('[[variant]]\nname = "a"\nmethod = "trivial"\nset = { x = { y = [{ z = 1 }] } }\n', r"setting 'x\.y'"),
     ('[[variant]\nname = "a"\n', r"is not valid TOML: .*line 1"),
@@ -320,6 +323,8 @@ def test_runs_from_rerenders_old_runs_with_new_code_and_never_computes(tmp_path,
     # a run missing at that commit is refused before anything runs; so is a commit with no runs
     with pytest.raises(JoinbenchError, match=r"only re-renders finished runs, and 1 of 3 have none .*color-retinex"):
         run_comparison(dataclasses.replace(settings, runs_from=old[:7], methods=("retinex", "trivial", "color-retinex")))
+    with pytest.raises(JoinbenchError, match="--runs-from needs a commit"):
+        run_comparison(dataclasses.replace(settings, runs_from=""))
     with pytest.raises(JoinbenchError, match=r"--runs-from 'abc123' matches no run under .* \(commits of the runs there: "):
         run_comparison(dataclasses.replace(settings, runs_from="abc123"))
 
