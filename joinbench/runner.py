@@ -175,6 +175,7 @@ def run_benchmark(settings: RunSettings) -> Path:
         method.bind_dataset(dataset, set(settings.overrides))
     method.to(device)
     metric_names = DEFAULT_METRICS if settings.metrics is None else settings.metrics
+    check_scorable(settings.dataset, dataset, metric_names)
     metrics = [create_metric(m) for m in metric_names]
     components = tuple(dataset.components)
     limit = settings.limit
@@ -282,6 +283,18 @@ def run_benchmark(settings: RunSettings) -> Path:
         _rank_records_path(run_dir, ctx.rank).unlink(missing_ok=True)
         ctx.broadcast(table)  # releases the other ranks (see _finish_other_rank)
     return run_dir
+
+
+def check_scorable(dataset_name: str, dataset, metric_names) -> None:
+    """Without ground truth only the re-render is scored, and only by encoded-space metrics: a
+    metric list with none of them would give an empty table, so say so before running."""
+    from .registry import METRICS
+
+    if dataset.has_ground_truth or not metric_names:
+        return
+    if not any(getattr(METRICS.get(m)[0].factory, "space", "encoded") == "encoded" for m in metric_names):
+        raise JoinbenchError(f"{dataset_name} has no ground truth, so only the re-render is scored, by encoded-space "
+                             f"metrics (mse, psnr, ssim, lpips); {', '.join(metric_names)} score none of it: add one.")
 
 
 def _guard_identity(run_dir: Path, identity: dict[str, Any]) -> None:

@@ -699,6 +699,9 @@ def plan_ablation(settings: AblationSettings):
                            progress=settings.progress)
     _check_common(common)
     dataset = _dataset(settings.dataset, common)
+    from .runner import check_scorable
+
+    check_scorable(settings.dataset, dataset, common.metrics)
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "ablate" / f"{_slug(spec.stem)}-{_slug(settings.dataset)}"
@@ -886,6 +889,10 @@ def plan_comparison(settings: CompareSettings):
     for m in settings.methods:
         create_method(m, **settings.overrides.get(m, {}))  # unknown names and settings fail here
     datasets = {d: _dataset(d, common) for d in settings.datasets}
+    from .runner import check_scorable
+
+    for d, ds in datasets.items():
+        check_scorable(d, ds, common.metrics)
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"

@@ -359,6 +359,17 @@ def test_folder_datasets_are_keyed_on_their_files(tmp_path):
                                   progress=False, metrics=("mse",)))
 
 
+def test_datasets_without_ground_truth_need_an_encoded_metric(tmp_path):
+    with pytest.raises(JoinbenchError, match="real-faces has no ground truth, so only the re-render is scored"):
+        run_comparison(CompareSettings(datasets=("materials", "real-faces"), methods=("trivial",), metrics=("si-mse",),
+                                       check_only=True, out=tmp_path / "c"))
+    with pytest.raises(JoinbenchError, match="no ground truth"):
+        from joinbench.runner import RunSettings, run_benchmark
+
+        run_benchmark(RunSettings(method="trivial", dataset="real-faces", metrics=("lmse",), limit=1, resolution=16,
+                                  out=tmp_path / "r", progress=False))
+
+
 def test_compare_options_are_checked():
     assert parse_method_sets(["retinex:gray_threshold=0.1"], ("retinex", "trivial")) == {"retinex": {"gray_threshold": "0.1"}}
     with pytest.raises(JoinbenchError, match="METHOD:key=value"):
