@@ -95,7 +95,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
                 items = [_coerce(s, current[0], key) for s in items]
             return type(current)(items)
     except ValueError:
-        raise JoinbenchError(f"Setting {key}={value!r}: expected a {type(current).__name__}.") from None
+        kind = type(current).__name__
+        raise JoinbenchError(f"Setting {key}={value!r}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}.") from None
     return value
 
 

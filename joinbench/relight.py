@@ -161,7 +161,7 @@ def relight_cmd(
 
     if (image is None) == (dataset is None):
         raise JoinbenchError("Name the image to relight: a file (joinbench relight IMAGE ...) or a test image "
-                             "(--dataset D --index i), not both.")
+                             f"(--dataset D --index i), {'not both' if image is not None else 'one of the two'}.")
     if shading_index is not None and dataset is None:
         raise JoinbenchError("--shading-index picks a test image of --dataset; give --dataset D (or use --shading-from IMAGE2).")
     if random_shading < 0:

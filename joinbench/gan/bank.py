@@ -53,7 +53,8 @@ def latent_cache_dir() -> Path:
 
 def _how_to_get(dataset: str, component: str) -> str:
     return (f"train it with `joinbench train prior --dataset {dataset} --component {component}` and pass its "
-            f"--out folder as path= (or copy the exported files into {weights_dir()})")
+            f"--out folder on (`priors --path`, `train encoder --priors-path`, `--set priors_path=` for JoIN), "
+            f"or copy the exported files into {weights_dir()}")
 
 
 def sidecar_path(dataset: str, component: str, path: str | Path | None = None) -> Path:
