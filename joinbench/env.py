@@ -86,7 +86,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _file_in_the_way(folder: Path) -> Path | None:
+def file_in_the_way(folder: Path) -> Path | None:
     """The file standing where ``folder`` or one of its parents must be a folder, if any."""
     for p in (folder, *folder.parents):
         if p.exists():
@@ -97,7 +97,7 @@ def _file_in_the_way(folder: Path) -> Path | None:
 def make_folder(path: str | Path, what: str = "--out") -> Path:
     """``mkdir -p path``, or one line naming the file that stands where a folder must be."""
     path = Path(path)
-    blocker = _file_in_the_way(path)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise JoinbenchError(f"{what} {path}: {blocker} is a file; give a folder.")
     path.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     path = Path(path)
     if path.is_dir():
         raise JoinbenchError(f"{path} is a folder; give a file name to write (e.g. {path / ('out' + (path.suffix or '.png'))}).")
-    blocker = _file_in_the_way(path.parent)  # one line, not FileExistsError from mkdir
+    blocker = file_in_the_way(path.parent)  # one line, not FileExistsError from mkdir
     if blocker is not None:
         raise JoinbenchError(f"{blocker} is a file, so {path} cannot be written under it; choose another path.")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ def _load_input(path: Path | None, dataset: str | None, index: int | None, resol
 def relight_cmd(
     image: Optional[Path] = typer.Argument(None, help="image file to relight (or --dataset D --index i)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="take the image from this dataset's test split"),
-    index: int = typer.Option(0, "--index", "-i", help="with --dataset: which test image"),
+    index: Optional[int] = typer.Option(None, "--index", "-i", help="with --dataset: which test image (default 0)"),
     shading_from: Optional[Path] = typer.Option(None, "--shading-from", help="image file whose lighting to use"),
     shading_index: Optional[int] = typer.Option(None, "--shading-index", help="with --dataset: the test image whose lighting to use"),
     random_shading: int = typer.Option(0, "--random-shading", help="N random lightings from the shading (and specular) prior"),
@@ -162,6 +162,9 @@ def relight_cmd(
     if (image is None) == (dataset is None):
         raise JoinbenchError("Name the image to relight: a file (joinbench relight IMAGE ...) or a test image "
                              f"(--dataset D --index i), {'not both' if image is not None else 'one of the two'}.")
+    if index is not None and dataset is None:
+        raise JoinbenchError("--index picks a test image of --dataset; an image file needs no --index.")
+    index = 0 if index is None else index
     if shading_index is not None and dataset is None:
         raise JoinbenchError("--shading-index picks a test image of --dataset; give --dataset D (or use --shading-from IMAGE2).")
     if random_shading < 0:

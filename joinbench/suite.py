@@ -356,6 +356,15 @@ def _planned_code(plans: list[PlannedRun]) -> dict[str, str]:
     return {k: plans[0].key[k] for k in ("commit", "joinbench")} if plans else code_version()
 
 
+def _check_out(out: Path) -> None:
+    """Before anything runs: the suite's --out must be (or become) a folder."""
+    from .env import file_in_the_way
+
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise JoinbenchError(f"--out {out}: {blocker} is a file; give a folder for the suite's runs and report.")
+
+
 def runs_code(out: Path, commit: str) -> dict[str, str]:
     """The code version (full commit, joinbench version) of the finished runs under ``out/runs``
     whose commit starts with ``commit``: ``--runs-from`` keys the plans with it, so a report made
@@ -705,6 +714,7 @@ def plan_ablation(settings: AblationSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "ablate" / f"{_slug(spec.stem)}-{_slug(settings.dataset)}"
+    _check_out(out)
     code = runs_code(out, settings.runs_from) if settings.runs_from is not None else code_version()
     plans = [plan_run(v.name, v.method, {**settings.overrides, **v.set}, settings.dataset, dataset, device,
                       common, out, code) for v in spec.variants]
@@ -896,6 +906,7 @@ def plan_comparison(settings: CompareSettings):
     ctx = distributed.init(settings.device)
     device = _device_for(ctx, settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"
+    _check_out(out)
     code = runs_code(out, settings.runs_from) if settings.runs_from is not None else code_version()
     plans = {d: [plan_run(m, m, settings.overrides.get(m, {}), d, ds, device, common, out, code)
                  for m in settings.methods] for d, ds in datasets.items()}

@@ -51,7 +51,7 @@ import torch
 import typer
 
 from .env import device_name, git_commit, peak_memory_mb, resolve_device, synchronize, versions, write_atomic, write_json
-from .errors import JoinbenchError
+from .errors import JoinbenchError, did_you_mean
 from .registry import DATASETS, METHODS, create_method
 from .runner import create_dataset_for_run
 from .types import Batch, Decomposition
@@ -116,7 +116,7 @@ def parse_timing_sets(items: list[str] | None, methods: tuple[str, ...] | list[s
         if colon:
             if method not in methods:
                 raise JoinbenchError(f"--set {item!r} names method {method!r}, which is not in --methods "
-                                     f"({', '.join(methods)}).")
+                                     f"({', '.join(methods)}).{did_you_mean(method, methods)}")
             if not bare:
                 raise JoinbenchError(f"--set {item!r} has no setting name after {method + ':'!r}.")
             out.setdefault(method, {})[bare] = value.strip()
@@ -173,8 +173,10 @@ def resolve_overrides(cfg: TimingConfig, device: torch.device) -> tuple[dict[str
                     capped[name][key] = steps
         resolved[name] = own
     if unused:
-        raise JoinbenchError(f"--set {', '.join(sorted(unused))}: none of {', '.join(cfg.methods)} has such a setting "
-                             "(use METHOD:key=value for one method; see `joinbench list methods`).")
+        fields = sorted({f.name for name in cfg.methods for f in dataclasses.fields(create_method(name).config)})
+        hint = "".join(did_you_mean(k, fields) for k in sorted(unused))
+        raise JoinbenchError(f"--set {', '.join(sorted(unused))}: none of {', '.join(cfg.methods)} has such a setting."
+                             f"{hint} (Use METHOD:key=value for one method; see `joinbench list methods`.)")
     return resolved, capped
 
 

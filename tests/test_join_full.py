@@ -122,6 +122,11 @@ def test_cpu_settings_fill_only_what_the_user_left(bank_dir, capsys):
     out = capsys.readouterr().out
     assert "join on CPU: --set pti_steps=" in out and "--set pti_steps=300" in out and "--set steps=" not in out.split("(")[0]
     assert m.apply_cpu_settings() == {}  # once
+    # without PTI the PTI settings are applied (one config per device) but not announced
+    m = create_method("join-nopti", priors_path=str(bank_dir), encoders_path=str(bank_dir))
+    changes = m.apply_cpu_settings()
+    out = capsys.readouterr().out
+    assert "pti_steps" in changes and "pti_" not in out and "--set steps=" in out
 
 
 def test_save_tuned_writes_each_images_generators(bank_dir, tmp_path):

@@ -116,6 +116,7 @@ def test_cli_writes_the_strip(bank_dir, tmp_path):
     (["img.png", "--out", "x.png", "--random-shading", "2", "--shading-from", "b.png"], "exactly one new lighting"),
     (["img.png", "--out", "x.jpg", "--random-shading", "2"], "give a .png file name"),
     (["img.png", "--out", "x.png", "--shading-index", "2"], "--shading-index picks a test image"),
+    (["img.png", "--out", "x.png", "--random-shading", "1", "--index", "3"], "--index picks a test image"),
     (["img.png", "--out", "x.png", "--random-shading", "1", "--prior", "face"], "Did you mean 'faces'"),
     (["--dataset", "materials", "--index", "100000", "--out", "x.png", "--random-shading", "1", "--resolution", "16"],
      "out of range"),

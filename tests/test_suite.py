@@ -359,6 +359,13 @@ def test_folder_datasets_are_keyed_on_their_files(tmp_path):
                                   progress=False, metrics=("mse",)))
 
 
+def test_suite_out_must_be_a_folder_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(JoinbenchError, match="f is a file; give a folder"):
+        run_comparison(CompareSettings(datasets=("materials",), methods=("trivial",), out=tmp_path / "f", **FAST))
+    assert "[1/" not in capsys.readouterr().out
+
+
 def test_datasets_without_ground_truth_need_an_encoded_metric(tmp_path):
     with pytest.raises(JoinbenchError, match="real-faces has no ground truth, so only the re-render is scored"):
         run_comparison(CompareSettings(datasets=("materials", "real-faces"), methods=("trivial",), metrics=("si-mse",),

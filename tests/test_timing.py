@@ -234,10 +234,12 @@ def test_settings_per_method_global_and_capped(join_sets):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: parse_timing_sets(["unte:steps=3"], ("unet",)), "not in --methods"),
+    (lambda: parse_timing_sets(["unte:steps=3"], ("unet",)), "not in --methods .*Did you mean 'unet'"),
     (lambda: parse_timing_sets(["steps"], ("unet",)), "key=value"),
     (lambda: resolve_overrides(TimingConfig(methods=("unet", "trivial"), overrides={"*": {"stepz": "3"}}),
                                torch.device("cpu")), "none of unet, trivial has such a setting"),
+    (lambda: resolve_overrides(TimingConfig(methods=("retinex",), overrides={"*": {"gray_treshold": "1"}}),
+                               torch.device("cpu")), "Did you mean 'gray_threshold'"),
     (lambda: resolve_overrides(TimingConfig(methods=("unet",), overrides={"unet": {"stepz": "3"}}),
                                torch.device("cpu")), "Unknown setting 'stepz'"),
     (lambda: parse_batch_sizes("1,x"), "comma list of integers"),

@@ -335,9 +335,12 @@ class JoinFull(JoinStage1):
             self.config = dataclasses.replace(self.config, **changes)
             self._inverter, self._tuner = None, None
             name = self.registry_name or type(self).__name__
-            told = " ".join(f"--set {k}={v}" for k, v in changes.items())
-            paper = " ".join(f"--set {k}={getattr(self.Config, k)}" for k in changes)
-            print(f"{name} on CPU: {told} (a quicker, rougher run; the defaults are {paper}, which a GPU runs)")
+            # without PTI its settings change nothing: applied (the config stays one per device), not announced
+            shown = [k for k in changes if self.config.pti or not k.startswith("pti_")]
+            told = " ".join(f"--set {k}={changes[k]}" for k in shown)
+            paper = " ".join(f"--set {k}={getattr(self.Config, k)}" for k in shown)
+            if shown:
+                print(f"{name} on CPU: {told} (a quicker, rougher run; the defaults are {paper}, which a GPU runs)")
         return changes
 
     def load(self) -> JointInverter:
