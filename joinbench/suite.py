@@ -370,6 +370,8 @@ def runs_code(out: Path, commit: str) -> dict[str, str]:
     whose commit starts with ``commit``: ``--runs-from`` keys the plans with it, so a report made
     by newer code (a new table column, a new caveat sentence) is re-rendered from hours of old
     runs instead of recomputing them. Only finished runs are used (:func:`require_finished`)."""
+    if not commit.strip():
+        raise JoinbenchError("--runs-from needs a commit (a prefix of the one the runs were made at).")
     found: dict[str, dict[str, str]] = {}
     for key_path in sorted((out / "runs").glob(f"*/{KEY_FILE}")):
         try:
@@ -378,8 +380,6 @@ def runs_code(out: Path, commit: str) -> dict[str, str]:
             continue
         c = str(key.get("commit", ""))
         found.setdefault(c, {"commit": c, "joinbench": key.get("joinbench")})
-    if not commit.strip():
-        raise JoinbenchError("--runs-from needs a commit (a prefix of the one the runs were made at).")
     matches = [c for c in found if c.startswith(commit)]
     if len(matches) == 1:
         return found[matches[0]]

@@ -110,8 +110,9 @@ class TrainConfig(ConfigDict):
         check_training_numbers(cfg.batch, cfg.kimg, cfg.minutes, cfg.lr)
         if cfg.r1_gamma is not None and not (math.isfinite(cfg.r1_gamma) and cfg.r1_gamma >= 0):
             raise JoinbenchError(f"--r1-gamma must be 0 or more, got {cfg.r1_gamma}.")
-        if cfg.resolution < 16 or cfg.resolution > 512 or cfg.resolution & (cfg.resolution - 1):
-            raise JoinbenchError(f"--resolution {cfg.resolution} is not supported: use a power of two from 16 to 512.")
+        from joinbench.datasets.base import check_resolution
+
+        check_resolution(cfg.resolution)  # the datasets' own bounds: the stream renders at this size
         if cfg.r1_gamma is None:
             cfg.r1_gamma = 0.0002 * cfg.resolution ** 2 / cfg.batch
         if cfg.ema_kimg is None:
