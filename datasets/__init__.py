@@ -5,7 +5,7 @@ package registers every built-in dataset.
 """
 import importlib as _importlib
 
-for _mod in ("materials", "faces", "real", "folder"):
+for _mod in ("materials", "faces", "real", "folder", "bank"):
     try:
         _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _exc:  # a dataset module still being written
