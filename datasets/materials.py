@@ -41,7 +41,7 @@ from joinbench.forward import srgb_decode
 from joinbench.registry import register_dataset
 
 from .base import ProceduralDataset
-from .procedural import Rand, _mix, height_to_normals, kelvin_to_rgb, lattice_values, pixel_grid, seed_hash, smoothstep
+from .procedural import Rand, _mix, batch_invariant, height_to_normals, kelvin_to_rgb, lattice_values, pixel_grid, seed_hash, smoothstep
 from .shift import apply_camera_shift
 
 
@@ -530,7 +530,7 @@ def hsv_colour(hue: Tensor, sat: Tensor) -> Tensor:
     """Fully bright colour of ``hue`` (0..1) and ``sat`` -> linear RGB (B, 3), max 1."""
     k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=hue.device) + 6 * hue[:, None], 6.0)
     rgb = 1 - sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
-    return srgb_decode(rgb)
+    return batch_invariant(srgb_decode, rgb)  # a pow of (B, 3): see batch_invariant
 
 
 def shift_lights(r: Rand, camera: Tensor, n_lights: int = 3, samples: int = 6) -> tuple[Tensor, Tensor]:

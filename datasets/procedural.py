@@ -128,9 +128,34 @@ def smoothstep(e0: float | Tensor, e1: float | Tensor, x: Tensor) -> Tensor:
     return t * t * (3 - 2 * t)
 
 
+SIMD_ROWS = 64  # rows: any per-sample tensor padded to this is a whole number of every CPU's SIMD blocks
+
+
+def batch_invariant(fn, *xs: Tensor) -> Tensor:
+    """``fn(*xs)`` for a row-wise ``fn`` of small per-sample tensors (B, ...), computed so that
+    a sample's result does not depend on the batch it is in.
+
+    Why: ATen's CPU kernels run a contiguous tensor in SIMD blocks (16 or 32 floats) and
+    the last few elements through scalar code. For ``pow`` (also ``atan2``, ``exp2``) the
+    two paths differ in the last bit, so a light's colour in a (B,) tensor changed with B
+    and with the sample's place in the batch. Padded to a multiple of ``SIMD_ROWS`` rows
+    (with copies of row 0), every element takes the SIMD path, which is also the path the
+    committed test splits (rendered 32 at a time) took. Pixel fields (B, C, H, W) need no
+    padding: each sample is a whole number of SIMD blocks."""
+    n = xs[0].shape[0]
+    pad = -n % SIMD_ROWS
+    if pad:
+        xs = tuple(torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) for x in xs)
+    return fn(*xs)[:n]
+
+
 def kelvin_to_rgb(kelvin: Tensor) -> Tensor:
     """Approximate linear-RGB colour of a black body (1000 K .. 12000 K), normalised so the
     green channel is 1: (B,) -> (B, 3). Tanner Helland's fit, applied in linear light."""
+    return batch_invariant(_kelvin_to_rgb, kelvin)
+
+
+def _kelvin_to_rgb(kelvin: Tensor) -> Tensor:
     t = (kelvin / 100.0).clamp(10.0, 120.0)
     r = torch.where(t <= 66, torch.full_like(t, 255.0), 329.698727446 * (t - 60).clamp_min(1e-3) ** -0.1332047592)
     g = torch.where(t <= 66, 99.4708025861 * torch.log(t) - 161.1195681661,

@@ -32,15 +32,14 @@ class Family:
     batch: int  # images in clean_batch / shift_batch
     has_mask: bool
     batch_seeds: tuple[int, ...]  # test indices rendered together and alone
-    loose_image: bool  # images may differ by a rounding step between batches (JPEG of shift splits)
     resolution_tol: float  # mean |2x2-pooled 64 px - 32 px| allowed per component, encoded
     checksum_split: tuple[int, int]  # (resolution, size) of the determinism check
 
 
 FAMILIES = {
-    "faces": Family("faces", batch=16, has_mask=True, batch_seeds=(17, 3, 29, 8, 40), loose_image=False,
+    "faces": Family("faces", batch=16, has_mask=True, batch_seeds=(17, 3, 29, 8, 40),
                     resolution_tol=0.015, checksum_split=(16, 3)),
-    "materials": Family("materials", batch=12, has_mask=False, batch_seeds=(17, 3, 29), loose_image=True,
+    "materials": Family("materials", batch=12, has_mask=False, batch_seeds=(17, 3, 29),
                         resolution_tol=0.02, checksum_split=(RES, 4)),
 }
 
