@@ -1,0 +1,446 @@
+"""`joinbench profile train|stage1|pti|render|all`: kernel launches, host syncs and FLOPs per
+training iteration, stage-1 step, PTI step or render call, and where they come from.
+
+Why: on a GPU these models are bound by launches and syncs, not arithmetic (the H200 ran
+54-111 images/s per GAN where the arithmetic allows ~10,000), and both are deterministic
+properties of the code that can be counted on any CPU (:mod:`joinbench.launches` says what is
+counted and how device placement is emulated).
+
+**Per unit = (count of 2N units - count of N units) / N.** Warm-up (first Adam step, lazy
+buffers, caches) and per-run set-up (building the models, bank statistics, the final
+render) cancel. Training and rendering continue one run from N to 2N units; stage 1 and PTI
+run their real loops (``JointInverter.invert``, ``PivotalTuner.tune``) with ``steps=N`` and
+``steps=2N``. Training defaults to N = 16 = the R1 interval, so the lazy R1 step is
+amortised as in a real run. Counts do not depend on the batch (tested) nor on the machine.
+
+**--emulate-cuda** reproduces what the CUDA path adds or removes where the CPU can: the
+trainer's bf16 autocast (CPU autocast inserts its casts as ``aten._to_copy``; the CPU's and
+CUDA's autocast op lists differ slightly) and its fused Adam (``fused=True`` runs on the
+CPU); optimizers created without options pick the multi-tensor ``foreach`` implementation,
+as on CUDA, instead of the CPU's per-parameter loop. What cannot be emulated: CUDA graphs
+(a captured step replays its kernels with one launch), cuDNN/cuBLAS internals, TF32.
+
+**The adapter layer** (the ``_Train``, ``_Stage1``, ``_PTI`` and ``_Render`` subjects) is
+the only code that knows how the trainer, the inverter, the tuner and the renderer are
+called: it calls the real code paths, never copies of them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import contextlib
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import typer
+
+from .errors import JoinbenchError, did_you_mean
+from .launches import DEVICE, LaunchCounter, Tally, count_launches, cuda_optimizer_defaults, phase, refuse_optimizer
+
+KINDS = ("train", "stage1", "pti", "render")
+UNITS = {"train": "iteration", "stage1": "step", "pti": "step", "render": "call"}
+DEFAULT_BATCH = {"train": 16, "stage1": 2, "pti": 2, "render": 16}
+DEFAULT_ITERATIONS = {"train": 16, "stage1": 4, "pti": 2, "render": 4}
+# the issue's targets (CPU-counted non-view ops per unit at 64 px, amortised render included)
+TARGETS = {("train", "materials", "all"): 3000, ("train", "faces", "all"): 2500, ("stage1", None, None): 2000,
+           ("pti", None, None): 2000}
+
+
+@dataclass
+class ProfileConfig:
+    """One measurement (the CLI's options). ``batch``/``iterations``/``resolution`` None: the
+    kind's default (resolution: 64 px, or the priors' own for stage1/pti)."""
+
+    kind: str = "train"
+    dataset: str = "materials"
+    component: str = "all"  # train only: albedo | shading | specular | all | joint
+    batch: int | None = None
+    resolution: int | None = None
+    iterations: int | None = None  # N
+    priors: str | None = None  # stage1/pti: folder of exported priors; None: the shipped ones
+    emulate_cuda: bool = False
+    seed: int = 0
+
+    def resolved(self) -> "ProfileConfig":
+        if self.kind not in KINDS:
+            raise JoinbenchError(f"Unknown profile kind {self.kind!r}.{did_you_mean(self.kind, KINDS)} "
+                                 f"Use one of {', '.join(KINDS)} or all.")
+        cfg = replace(self, batch=self.batch or DEFAULT_BATCH[self.kind],
+                      iterations=self.iterations or DEFAULT_ITERATIONS[self.kind])
+        if cfg.batch < 1 or cfg.iterations < 1:
+            raise JoinbenchError(f"--batch and --iterations must be at least 1, got {cfg.batch} and {cfg.iterations}.")
+        if cfg.kind in ("train", "render") and cfg.resolution is None:
+            cfg.resolution = 64
+        return cfg
+
+    def command(self) -> str:
+        parts = ["joinbench", "profile", self.kind, "--dataset", self.dataset]
+        if self.kind == "train":
+            parts += ["--component", self.component]
+        parts += ["--batch", str(self.batch), "--iterations", str(self.iterations)]
+        if self.resolution is not None:
+            parts += ["--resolution", str(self.resolution)]
+        if self.priors:
+            parts += ["--priors", self.priors]
+        if self.emulate_cuda:
+            parts.append("--emulate-cuda")
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+# -----------------------------------------------------------------------------------------
+# measuring
+# -----------------------------------------------------------------------------------------
+def measure_stepwise(step: Callable[[int], None], n: int) -> tuple[Tally, list[Tally]]:
+    """Units 0..N-1 uncounted in effect, N..2N-1 counted: (mean per unit, each unit's tally)."""
+    with LaunchCounter() as c:
+        for i in range(n):
+            step(i)
+        start = c.snapshot()
+        each = []
+        for i in range(n, 2 * n):
+            before = c.snapshot()
+            step(i)
+            each.append(c.snapshot() - before)
+        end = c.snapshot()
+    return (end - start) / n, each
+
+
+def measure_runs(run: Callable[[int], None], n: int) -> Tally:
+    """(count of run(2N) - count of run(N)) / N, for loops that only run whole."""
+    return (count_launches(lambda: run(2 * n)) - count_launches(lambda: run(n))) / n
+
+
+# -- the adapter layer: the only code that knows how the subjects are called ---------------
+class _Train:
+    """One iteration of ``joinbench train prior``: the next batch of the stream (render),
+    then per model encode + ``PriorTrainer.step``, then every model's EMA (``end_step``);
+    logging is not part of an iteration."""
+
+    def __init__(self, cfg: ProfileConfig):
+        from .gan.train import PriorTrainer, TrainConfig, TrainStream, create_training_dataset, encode_batch
+
+        self.encode = encode_batch
+        tcfg = TrainConfig(dataset=cfg.dataset, component=cfg.component, batch=cfg.batch, resolution=cfg.resolution,
+                           seed=cfg.seed, device="cpu", progress=False).resolved()
+        ds = create_training_dataset(cfg.dataset, cfg.resolution)
+        self.fm, self.batch = ds.forward_model, cfg.batch
+        self.trainers = [PriorTrainer(name, tcfg, DEVICE) for name in tcfg.model_names()]
+        if cfg.emulate_cuda:  # what PriorTrainer does on CUDA: bf16 autocast forward passes, fused Adam
+            for t in self.trainers:
+                t.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+                t.opt_G, t.opt_D = refuse_optimizer(t.opt_G, fused=True), refuse_optimizer(t.opt_D, fused=True)
+        self.stream = TrainStream(ds, cfg.batch, DEVICE, cfg.seed, cfg.resolution)
+        self.nimg = 0
+
+    def __call__(self, i: int) -> None:
+        with phase("render"):
+            batch = next(self.stream)
+        for t in self.trainers:
+            with phase(t.name):
+                with phase("encode"):
+                    x = self.encode(batch, self.fm, t.name)
+                t.step(x, i)
+        self.nimg += self.batch
+        for t in self.trainers:
+            with phase(t.name), phase("EMA"):
+                t.end_step(self.nimg, self.batch)
+
+
+class _Render:
+    """One ``render_batch_at`` call on fresh training seeds (as the stream draws them)."""
+
+    def __init__(self, cfg: ProfileConfig):
+        from .gan.train import create_training_dataset
+
+        self.ds = create_training_dataset(cfg.dataset, cfg.resolution)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.batch, self.resolution = cfg.batch, cfg.resolution
+
+    def __call__(self, i: int) -> None:
+        with phase("render"):
+            self.ds.render_batch_at(self.ds.train_seeds(self.gen, self.batch), DEVICE, self.resolution)
+
+
+def _bank_and_targets(cfg: ProfileConfig):
+    """The GAN bank of ``cfg.dataset`` on the device stand-in and ``batch`` test images of
+    the dataset at the priors' resolution."""
+    from .gan.bank import load_bank
+    from .registry import create_dataset
+
+    fm = create_dataset(cfg.dataset, resolution=64).forward_model
+    bank = load_bank(cfg.dataset, DEVICE, components=fm.components, path=cfg.priors)
+    res = {p.resolution for p in bank.priors.values()}.pop()
+    if cfg.resolution not in (None, res):
+        raise JoinbenchError(f"--resolution {cfg.resolution}: {cfg.kind} runs at the priors' resolution ({res} px); "
+                             "leave --resolution out or give --priors trained at that size.")
+    ds = create_dataset(cfg.dataset, resolution=res)
+    target = torch.stack([ds[i].image for i in range(cfg.batch)]).to(DEVICE)
+    return bank, ds.forward_model, target, res
+
+
+class _Stage1:
+    """``JointInverter.invert`` of ``batch`` test images with ``steps`` = N and 2N (the
+    join-s1 configuration: W latents, LPIPS-VGG, kNN regulariser)."""
+
+    def __init__(self, cfg: ProfileConfig):
+        from .join.stage1 import JointInverter, Stage1Config
+
+        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg)
+        self.inverter = JointInverter(bank, fm, Stage1Config(), DEVICE).setup()
+
+    def __call__(self, steps: int) -> None:
+        self.inverter.cfg.steps = steps
+        self.inverter.invert(self.target)
+
+
+class _PTI:
+    """``PivotalTuner.tune`` of ``batch`` test images at the priors' mean latents (the pivots
+    stage 1 would hand over) with per-image noise maps, ``steps`` = N and 2N."""
+
+    def __init__(self, cfg: ProfileConfig):
+        from .join.pti import PivotalTuner, PTIConfig
+
+        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg)
+        self.tuner = PivotalTuner(bank, fm, PTIConfig(), DEVICE).setup()
+        b = cfg.batch
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.pivots = {k: bank[k].mean_latent(1000, 0, 0.7).to(DEVICE).expand(b, -1) for k in self.tuner.keys}
+        self.noise = {k: [torch.randn(s[1:], generator=gen).to(DEVICE).expand(b, -1, -1, -1)
+                          for s in bank[k].noise_shapes()] for k in self.tuner.keys}
+
+    def __call__(self, steps: int) -> None:
+        self.tuner.cfg.steps = steps
+        self.tuner.tune(self.target, self.pivots, self.noise)
+
+
+SUBJECTS = {"train": _Train, "render": _Render, "stage1": _Stage1, "pti": _PTI}
+
+
+def profile(cfg: ProfileConfig) -> dict[str, Any]:
+    """Measure one configuration; a JSON-able result."""
+    cfg = cfg.resolved()
+    torch.manual_seed(cfg.seed)
+    emulate = cuda_optimizer_defaults() if cfg.emulate_cuda else contextlib.nullcontext()
+    with emulate:
+        subject = SUBJECTS[cfg.kind](cfg)
+        if cfg.kind in ("train", "render"):
+            per, each = measure_stepwise(subject, cfg.iterations)
+        else:
+            per, each = measure_runs(subject, cfg.iterations), []
+    out = {"kind": cfg.kind, "unit": UNITS[cfg.kind], "config": asdict(cfg), "command": cfg.command(),
+           **per.to_json()}
+    if each:
+        out["range"] = {key: [min(getattr(t, key) for t in each), max(getattr(t, key) for t in each)]
+                        for key in ("ops", "nonview", "syncs")}
+    return out
+
+
+def environment() -> dict[str, Any]:
+    from .env import git_commit, versions
+
+    return {"commit": git_commit(), "versions": versions(), "torch_threads": torch.get_num_threads(),
+            "device": "cpu, with device placement emulated (joinbench.launches)",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# -----------------------------------------------------------------------------------------
+# the committed report
+# -----------------------------------------------------------------------------------------
+# name -> configuration: the figures of reports/launches.md (64 px, the issue's settings)
+REPORT = {
+    "train materials all": ProfileConfig("train", "materials", "all"),
+    "train materials all, CUDA path": ProfileConfig("train", "materials", "all", emulate_cuda=True),
+    "train faces all": ProfileConfig("train", "faces", "all"),
+    "train faces all, CUDA path": ProfileConfig("train", "faces", "all", emulate_cuda=True),
+    "stage1 materials": ProfileConfig("stage1", "materials"),
+    "stage1 materials, CUDA path": ProfileConfig("stage1", "materials", emulate_cuda=True),
+    "pti materials": ProfileConfig("pti", "materials"),
+    "pti materials, CUDA path": ProfileConfig("pti", "materials", emulate_cuda=True),
+    "render materials": ProfileConfig("render", "materials"),
+    "render faces": ProfileConfig("render", "faces"),
+}
+# small configurations that tests/test_launches.py recounts against these committed figures
+TESTS = {
+    "render materials 16px": ProfileConfig("render", "materials", batch=2, resolution=16, iterations=2),
+    "render faces 16px": ProfileConfig("render", "faces", batch=2, resolution=16, iterations=2),
+    "train faces albedo 16px": ProfileConfig("train", "faces", "albedo", batch=2, resolution=16, iterations=16),
+    "stage1 materials b1": ProfileConfig("stage1", "materials", batch=1, iterations=1),
+    "pti materials b1": ProfileConfig("pti", "materials", batch=1, iterations=1),
+}
+
+
+def target_for(result: dict[str, Any]) -> int | None:
+    c = result["config"]
+    return TARGETS.get((c["kind"], c["dataset"], c["component"])) or TARGETS.get((c["kind"], None, None))
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _phases_text(result: dict[str, Any], n: int = 5, depth: int = 2) -> str:
+    agg: dict[str, float] = {}
+    for p in result["phases"]:
+        key = "/".join(p["phase"].split("/")[:depth])
+        agg[key] = agg.get(key, 0) + p["nonview_ops"]
+    top = sorted(agg.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in top)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(none)"
+
+
+def result_markdown(r: dict[str, Any], top: int = 12) -> str:
+    """One measurement as Markdown: totals, phases, top ops, where the syncs are."""
+    lines = [f"## `{r['command']}`", "",
+             f"Per {r['unit']}: **{_fmt(r['ops'])} ops** ({_fmt(r['nonview_ops'])} non-view), "
+             f"**{_fmt(r['syncs'], 1)} host syncs**, {_fmt(r['flops'] / 1e9, 2)} GFLOP"
+             + (f" (per {r['unit']}, ops {r['range']['ops'][0]:,.0f}-{r['range']['ops'][1]:,.0f}, syncs "
+                f"{r['range']['syncs'][0]:,.0f}-{r['range']['syncs'][1]:,.0f})" if r.get("range") else "") + ".", "",
+             "Phases (non-view ops, syncs, GFLOP):", ""]
+    lines.append(_table([{"phase": p["phase"], "ops": _fmt(p["ops"], 1), "non-view": _fmt(p["nonview_ops"], 1),
+                          "syncs": _fmt(p["syncs"], 1), "GFLOP": _fmt(p["flops"] / 1e9, 3)}
+                         for p in r["phases"][:top * 2]]))
+    lines += ["", "Top ops:", ""]
+    lines.append(_table([{"op": o["op"] + (" (view)" if o["view"] else ""), "per " + r["unit"]: _fmt(o["ops"], 1)}
+                         for o in r["top_ops"][:top]]))
+    if r["sync_sites"]:
+        lines += ["", "Host syncs (phase: op):", ""]
+        lines.append(_table([{"where": k, "per " + r["unit"]: _fmt(v, 2)} for k, v in r["sync_sites"].items()]))
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """reports/launches.md: before/after per step kind, then every measurement in detail."""
+    env, before = report["environment"], report.get("before") or {}
+    benv = before.get("environment", {})
+    lines = ["# Kernel launches, host syncs and FLOPs per step", "",
+             f"Made with `{report['command']}` (see `joinbench profile --help`; what is counted and how device "
+             "placement is emulated: `joinbench/launches.py`). Counts are deterministic: they do not depend on the "
+             "machine, its load or the batch size; per unit = (count of 2N units - count of N units) / N.", "",
+             f"- after: commit `{env['commit']}`, {env['date']}, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"- before: " + (f"code at commit `{benv.get('code_commit', benv.get('commit'))}` counted with this "
+                              f"profiler ({benv.get('how', '')}), {benv.get('date', '')}" if benv else "not measured"),
+             f"- device: {env['device']}; CUDA path = `--emulate-cuda` (bf16 autocast and fused Adam of the "
+             "trainer, foreach Adam elsewhere; CUDA graphs are not emulated)", "",
+             "| measurement | unit | ops before | ops after | non-view before | non-view after | syncs before | "
+             "syncs after | GFLOP after | target (non-view) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        b = (before.get("results") or {}).get(name)
+        t = target_for(r)
+        lines.append(f"| {name} | {r['unit']} | {_fmt(b['ops']) if b else '–'} | {_fmt(r['ops'])} | "
+                     f"{_fmt(b['nonview_ops']) if b else '–'} | {_fmt(r['nonview_ops'])} | "
+                     f"{_fmt(b['syncs'], 1) if b else '–'} | {_fmt(r['syncs'], 1)} | {_fmt(r['flops'] / 1e9, 2)} | "
+                     f"{('≤ ' + format(t, ',') + ', 0 syncs') if t else ('0 syncs' if r['kind'] != 'render' else '–')} |")
+    lines += ["", "Where the launches are (after; non-view ops per unit, phases two levels deep):", ""]
+    for name, r in report["results"].items():
+        lines.append(f"- **{name}**: {_phases_text(r)}")
+    if before.get("results"):
+        lines += ["", "Where they were (before):", ""]
+        for name, r in before["results"].items():
+            lines.append(f"- **{name}**: {_phases_text(r)}")
+    lines += ["", "Rerun: `joinbench profile all --out reports/launches.md` (keeps the before column of "
+              "reports/launches.json); the before column: `bash scripts/launches_before.sh`. The small configurations "
+              "below are what `tests/test_launches.py` recounts (it fails when one grows by more than 10%).", ""]
+    lines.append(_table([{"test configuration": k, "command": f"`{v['command']}`", "ops": _fmt(v["ops"], 1),
+                          "non-view": _fmt(v["nonview_ops"], 1), "syncs": _fmt(v["syncs"], 1)}
+                         for k, v in report["tests"].items()]))
+    lines += ["", "# Details (after)", ""]
+    lines += [result_markdown(r) for r in report["results"].values()]
+    return "\n".join(lines)
+
+
+def profile_all(progress: bool = True) -> dict[str, Any]:
+    results, tests = {}, {}
+    for table, configs in ((results, REPORT), (tests, TESTS)):
+        for name, cfg in configs.items():
+            if progress:
+                typer.echo(f"profile: {name} ...", err=True)
+            table[name] = profile(cfg)
+    return {"format": "joinbench-launches", "version": 1, "environment": environment(), "results": results,
+            "tests": tests}
+
+
+# -----------------------------------------------------------------------------------------
+# the command
+# -----------------------------------------------------------------------------------------
+def profile_cmd(
+    kind: str = typer.Argument(..., help="train | stage1 | pti | render | all"),
+    dataset: str = typer.Option("materials", "--dataset", "-d", help="materials | faces"),
+    component: str = typer.Option("all", "--component", help="train: albedo | shading | specular | all | joint"),
+    batch: Optional[int] = typer.Option(None, "--batch", "-b", help="images per unit (default: train/render 16, stage1/pti 2)"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="train/render: power of two (default 64); stage1/pti: the priors'"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="N: units counted = those from N to 2N (default: train 16, render/stage1 4, pti 2)"),
+    priors: Optional[str] = typer.Option(None, "--priors", help="stage1/pti: folder of exported priors (default: the shipped ones)"),
+    emulate_cuda: bool = typer.Option(False, "--emulate-cuda", help="bf16 autocast + fused Adam in training, foreach Adam elsewhere, as on CUDA"),
+    format: str = typer.Option("md", "--format", "-f", help="md | json"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (all: the .md; its .json is written beside)"),
+    before: Optional[Path] = typer.Option(None, "--before", help="all: JSON of a run at older code to show as the before column"),
+):
+    """Count kernel launches (dispatched aten ops), host syncs and FLOPs per training
+    iteration, stage-1 step, PTI step or render call, with the top ops and phases.
+
+    Example: joinbench profile train --dataset materials --component all --batch 16
+
+    Example: joinbench profile all --out reports/launches.md
+    """
+    if format not in ("md", "json"):
+        raise JoinbenchError(f"--format must be md or json, got {format!r}.")
+    if kind == "all":
+        from .env import write_atomic, write_json
+
+        if out is None or out.suffix != ".md":
+            raise JoinbenchError("profile all writes a report: give --out FILE.md (e.g. --out reports/launches.md).")
+        json_path = out.with_suffix(".json")
+        old = _read_json(before) if before else (_read_json(json_path) if json_path.is_file() else {})
+        kept = (old.get("before") if not before else {"environment": {**old.get("environment", {}), "how": "--before"},
+                                                       "results": old.get("results", {})})
+        report = profile_all()
+        report["command"] = "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if _typed() else \
+            f"joinbench profile all --out {out}"
+        if kept:
+            report["before"] = kept
+        write_json(json_path, report)
+        write_atomic(out, report_markdown(report))
+        typer.echo(f"wrote {out} and {json_path}")
+        return
+    cfg = ProfileConfig(kind=kind, dataset=dataset, component=component, batch=batch, resolution=resolution,
+                        iterations=iterations, priors=priors, emulate_cuda=emulate_cuda)
+    result = {**profile(cfg), "environment": environment()}
+    text = json.dumps(result, indent=2) + "\n" if format == "json" else result_markdown(result)
+    if out:
+        from .env import write_atomic
+
+        write_atomic(out, text)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+def _typed() -> bool:
+    prog = Path(sys.argv[0])
+    return prog.name == "joinbench" or (prog.name == "__main__.py" and prog.parent.name == "joinbench")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise JoinbenchError(f"Cannot read {path}: {type(exc).__name__}; give the .json a `profile all` wrote.") from None
+
+
+__all__ = ["KINDS", "REPORT", "TESTS", "ProfileConfig", "measure_runs", "measure_stepwise", "profile", "profile_all",
+           "profile_cmd", "report_markdown", "result_markdown"]
+
+if __name__ == "__main__":  # the before column runs this file inside an older checkout (scripts/launches_before.sh)
+    typer.run(profile_cmd)
