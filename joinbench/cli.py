@@ -198,6 +198,7 @@ def weights_lpips(path: Optional[Path] = typer.Option(None, "--path", help="expl
 # e.g. from .timing import timing_cmd; app.command("timing")(timing_cmd)
 from .relight import relight_cmd; app.command("relight")(relight_cmd)  # noqa: E402,E702
 from .timing import timing_cmd; app.command("timing")(timing_cmd)  # noqa: E402,E702
+from .profile import profile_cmd; app.command("profile")(profile_cmd)  # noqa: E402,E702
 from .suite import ablate_cmd, compare_cmd; app.command("ablate")(ablate_cmd); app.command("compare")(compare_cmd)  # noqa: E402,E702
 # -- end of command block ------------------------------------------------------------------
 
