@@ -405,7 +405,7 @@ def test_time_budget_stops_exports_and_resumes(tmp_path):
 def test_ctrl_c_checkpoints_after_the_batch_and_resumes_exactly(tmp_path, monkeypatch):
     """The first SIGINT ends the loop after the current batch with a checkpoint and no export;
     --resume then finishes exactly like an uninterrupted run."""
-    from joinbench.gan import loop
+    from joinbench.training import clock as loop
 
     real_advance = loop.TrainClock.advance
 

@@ -594,7 +594,7 @@ def last_logged_rate(log_path: Path) -> float | None:
 def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the prior(s) of ``cfg``; returns the output folder holding the export."""
     from ..env import device_name, git_commit, resolve_device, versions
-    from .loop import TrainClock
+    from ..training.clock import TrainClock
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)

@@ -638,7 +638,7 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the encoder(s) of ``cfg`` and export them; returns the output folder
     holding ``<dataset>-<component>-encoder.safetensors`` + ``.json`` per encoder."""
     from ..env import device_name, git_commit, resolve_device, versions
-    from ..gan.loop import TrainClock
+    from ..training.clock import TrainClock
     from ..gan.train import (TrainStream, _truncate_log, create_training_dataset, last_logged_rate, load_checkpoint,
                              open_checkpoint, save_checkpoint)
     from .losses import PerceptualLoss

@@ -1,6 +1,6 @@
-"""The bookkeeping shared by the training loops of the GAN priors (``gan.train``) and the
-encoders (``join.encoder``): images and steps seen, wall time, the ``--minutes`` budget, the
-log and snapshot intervals, ``log.jsonl`` lines and the progress bar.
+"""The bookkeeping every training shares (priors, encoders, the U-Net): images and steps seen,
+wall time, the ``--minutes`` budget, the log and snapshot intervals, Ctrl-C, ``log.jsonl``
+lines and the progress bar.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def crossed(prev: int, cur: int, every_kimg: float) -> bool:
 class TrainClock:
     """Counts a training run's images, steps and wall time, and decides when it logs, snapshots and stops.
 
-    It exists so that both trainings (priors and encoders) count these identically: a run resumed
+    It exists so that every training counts these identically: a run resumed
     with ``--resume`` continues ``cur_nimg``, ``step`` and ``wall_s`` from the checkpoint's scalars
     (:meth:`scalars` gives them back for the next one), and ``--minutes`` stops both after the
     same budget, on a step that logs and snapshots (``done``) so nothing trained is lost. Ctrl-C
@@ -62,7 +62,7 @@ class TrainClock:
         self.bar = tqdm(total=total_nimg, initial=min(self.cur_nimg, total_nimg), unit="img", unit_scale=True,
                         disable=not progress, desc=desc, dynamic_ncols=True)
         self._t_log, self._n_log = time.perf_counter(), 0
-        self._t_seg = time.perf_counter()
+        self._t_seg = self._t_start = time.perf_counter()
         self._deadline = None if minutes is None else self._t_seg + 60.0 * minutes
         self.interrupted = False
         self._old_handler: Any = None
@@ -92,6 +92,15 @@ class TrainClock:
         self.bar.update(min(self.batch, self.total_nimg - self.prev))
         self.out_of_time = self._deadline is not None and time.perf_counter() >= self._deadline
         self.done = self.cur_nimg >= self.total_nimg or self.out_of_time or self.interrupted
+
+    def progress(self) -> float:
+        """How far the run is, 0..1: the larger of images seen / total and time spent / budget
+        (so a learning-rate schedule still anneals when ``--minutes`` ends the run first)."""
+        done = self.cur_nimg / max(self.total_nimg, 1)
+        if self._deadline is not None:
+            budget = self._deadline - self._t_start
+            done = max(done, (time.perf_counter() - self._t_start) / max(budget, 1e-9))
+        return min(max(done, 0.0), 1.0)
 
     def due(self, every_kimg: float) -> bool:
         """Whether the last batch crossed an ``every_kimg`` interval, or was the last one."""

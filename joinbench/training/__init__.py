@@ -1,0 +1,1 @@
+"""The training wing: what every training (GAN priors, encoders, the U-Net) shares."""
