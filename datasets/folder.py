@@ -119,6 +119,7 @@ class FileDataset(Dataset):
     prefix = ""
     image_is_linear = False     # MIT: the image file is linear; display it through the forward model
     layers_are_linear = False   # MIT: layer PNGs are linear; folder: encoded
+    geometry = "crop"           # to_resolution mode; "stretch" keeps the whole view (iiw:, maw:, arap: annotations)
     licence = "unknown (user-supplied files: check their own terms)"
 
     def __init__(self, path: str | os.PathLike | None, resolution: int = 64,
@@ -225,19 +226,19 @@ class FileDataset(Dataset):
             layers["mask"] = info["alpha"]
             mask_from = "image alpha"
         r = self.resolution
-        out = {k: to_resolution(v, r, kind="mask" if k == "mask" else "image") for k, v in layers.items()}
-        top, left, size = centre_square(h, w)
+        out = {k: to_resolution(v, r, self.geometry, kind="mask" if k == "mask" else "image") for k, v in layers.items()}
+        top, left, size = centre_square(h, w) if self.geometry == "crop" else (0, 0, None)
         meta = {
             "dataset": self.name, "index": index, "resolution": r, "colour_space": self.colour_space,
             "forward_model": self.forward_model.name, "source": str(item.image), "licence": self.licence,
             "file": str(item.image), "original_size": [w, h], "mode": info["mode"], "bit_depth": info["bit_depth"],
-            "crop_box": {"top": top, "left": left, "height": size, "width": size},
+            "crop_box": {"top": top, "left": left, "height": size or h, "width": size or w},
             "ground_truth_files": {k: str(p) for k, p in item.layers.items() if k in out},
             "mask_from": mask_from,
         }
         return Sample(
             id=item.id,
-            image=to_resolution(image, r).clamp(0.0, 1.0),
+            image=to_resolution(image, r, self.geometry).clamp(0.0, 1.0),
             albedo=out.get("albedo"), shading=out.get("shading"), specular=out.get("specular"),
             mask=out.get("mask"), meta=meta,
         )

@@ -35,7 +35,8 @@ Two families, told apart by ``space`` (the runner picks the tensors to pass from
     ``si-lmse`` Sintel / ARAP: window k = round(0.1 max(H, W)) (at least 2), stride round(k/2);
                 windows start at 0, s, 2s, ... <= H - s and are cut at the image border, as in
                 ``intrinsic-image-eval``; the mean over windows of each window's si-MSE,
-                skipping windows without masked pixels (intrinsic-image-eval counts them as 0).
+                skipping windows without masked pixels (intrinsic-image-eval counts them as 0:
+                ``count_empty_windows=True``, used by the ``arap-luo-si-lmse`` protocol).
     ``lmse``    MIT / Grosse et al. 2009: windows of 20 px, stride 10, per-window alpha;
                 sum over windows of SSE(alpha p, g) / sum over windows of sum(g^2). RGB images
                 use one alpha per window over all channels (Grosse's code is grayscale). A side
@@ -172,7 +173,8 @@ def _window_sse(sgg: Tensor, sgp: Tensor, spp: Tensor) -> Tensor:
 
 # -- base class ------------------------------------------------------------------------------
 
-_FLAGS = ("name", "higher_is_better", "space", "description")
+_FLAGS = ("name", "higher_is_better", "space", "description", "protocol", "aggregate")
+AGGREGATES = ("mean", "geometric")  # how a run's per-image values become the table's number
 
 
 @dataclass
@@ -191,8 +193,10 @@ class Metric:
 
     name: str = ""
     higher_is_better: bool = False
-    space: str = "encoded"  # "encoded" | "linear"
+    space: str = "encoded"  # "encoded" | "linear" | "reference" (joinbench.benchmark_metrics)
     description: str = ""
+    protocol: str = ""  # the published protocol a benchmark metric follows; tables print it in the heading
+    aggregate: str = "mean"  # over images: "mean", or "geometric" (exp of the mean log, as the MIT benchmark)
 
     def __init_subclass__(cls, **flags):
         super().__init_subclass__()
@@ -351,6 +355,7 @@ class SILMSE(Metric, name="si-lmse", space="linear",
     """Local scale-invariant MSE, Sintel / ARAP convention (mean of per-window si-MSE)."""
 
     fraction: float = 0.1
+    count_empty_windows: bool = False  # True: windows without masked pixels count as 0 (intrinsic-image-eval)
 
     def compute(self, p, g, m):
         h, w = p.shape[2:]
@@ -364,6 +369,8 @@ class SILMSE(Metric, name="si-lmse", space="linear",
         per_window = _window_sse(sgg, sgp, spp) / n.clamp_min(1)
         valid = n > 0
         total = torch.where(valid, per_window, torch.zeros_like(per_window)).sum(dim=(1, 2))
+        if self.count_empty_windows:
+            valid = torch.ones_like(valid)
         return total / valid.sum(dim=(1, 2)).to(p.dtype)  # 0/0 = NaN: no window holds a masked pixel
 
 

@@ -136,6 +136,7 @@ BUILTIN_MODULES = (
     "joinbench.forward",
     "joinbench.datasets",
     "joinbench.metrics",
+    "joinbench.benchmark_metrics",
     "joinbench.baselines",
     "joinbench.methods",
 )

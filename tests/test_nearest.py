@@ -29,17 +29,21 @@ def test_pairwise_lpips_equals_the_metric_on_every_pair(res):
 
 def test_search_finds_planted_copies_across_pool_chunks():
     gen = torch.Generator().manual_seed(1)
-    pool = torch.rand(10, 3, 32, 32, generator=gen)
-    queries = torch.cat([pool[[7, 2]], torch.rand(1, 3, 32, 32, generator=gen)])
-    found = search(queries, [pool[:4], pool[4:8], pool[8:]], PairwiseLPIPS())
-    assert found["index"][:2].tolist() == [7, 2]
-    assert found["distance"][:2].abs().max() < 1e-9
-    assert torch.equal(found["image"][:2], pool[[7, 2]])
-    assert found["distance"][2] > 0.01
-    # a joint (9-channel) query: the mean of the three components' distances
-    joint = search(torch.cat([pool[[3]], pool[[4]], pool[[5]]], 1), [torch.cat([pool, pool.roll(-1, 0), pool.roll(-2, 0)], 1)],
-                   PairwiseLPIPS())
-    assert joint["index"].tolist() == [3] and joint["distance"].item() < 1e-9
+    pool = {c: torch.rand(10, 3, 32, 32, generator=gen) for c in ("albedo", "shading", "specular")}
+    chunks = [{c: v[a:b] for c, v in pool.items()} for a, b in ((0, 4), (4, 8), (8, 10))]
+    a = pool["albedo"]
+    queries = {"albedo": (torch.cat([a[[7, 2]], torch.rand(1, 3, 32, 32, generator=gen)]), ["albedo"]),
+               # a joint (9-channel) query: the mean of the three components' distances
+               "joint": (torch.cat([pool[c][[3]] for c in ("albedo", "shading", "specular")], 1),
+                         ["albedo", "shading", "specular"])}
+    found = search(queries, chunks, PairwiseLPIPS())
+    one = found["albedo"]
+    assert one["index"][:2].tolist() == [7, 2]
+    assert one["distance"][:2].abs().max() < 1e-9
+    assert torch.equal(one["image"][:2], a[[7, 2]])
+    assert one["distance"][2] > 0.01
+    assert found["joint"]["index"].tolist() == [3] and found["joint"]["distance"].item() < 1e-9
+    assert found["joint"]["image"].shape == (1, 9, 32, 32)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +51,17 @@ def tiny_priors(tmp_path_factory):
     return export_tiny_priors(tmp_path_factory.mktemp("nn-priors"), seed=5)
 
 
-def test_the_check_on_a_tiny_prior_writes_figure_and_numbers(tiny_priors, tmp_path):
-    cfg = NearestConfig(dataset="materials", component="albedo", n=3, pool=20, reference=2, batch=8, device="cpu",
+def test_the_check_on_tiny_priors_writes_figure_and_numbers(tiny_priors, tmp_path):
+    cfg = NearestConfig(dataset="materials", component="all", n=3, pool=20, reference=2, batch=8, device="cpu",
                         path=str(tiny_priors))
-    result = nearest_check(cfg, progress=False)
+    results = nearest_check(cfg, progress=False)
+    assert [r["prior"].component for r in results] == ["albedo", "shading", "specular"]
+    result = results[1]
     assert result["distance"].shape == (3,) and result["reference"]["distance"].shape == (2,)
     assert ((result["index"] >= 0) & (result["index"] < 20)).all()
-    again = nearest_check(cfg, progress=False)
-    assert torch.equal(result["distance"], again["distance"]) and torch.equal(result["index"], again["index"])
+    # one prior alone finds the same neighbours as inside the shared pass
+    alone = nearest_check(NearestConfig(**{**cfg.__dict__, "component": "shading"}), progress=False)[0]
+    assert torch.equal(result["distance"], alone["distance"]) and torch.equal(result["index"], alone["index"])
     assert result["pool_seed"] == 0  # the tiny prior's sidecar records no training seed: the default stream
     png, js = write_nearest(result, tmp_path / "nn.png", command="joinbench priors nearest ...")
     assert png.is_file() and png.stat().st_size > 0

@@ -259,15 +259,15 @@ def priors_eval(
 @priors_app.command("nearest")
 def priors_nearest(
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | joint"),
+    component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | joint | all (every prior, one pass over the pool)"),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file (a folder for --component all: <dataset>-<component>-nearest.png each); the distances go beside each as .json"),
     n: int = typer.Option(64, "--n", help="prior samples (the same as `priors sample --seed`)"),
-    pool: int = typer.Option(4096, "--pool", help="procedural training images searched (the prior's training stream)"),
+    pool: int = typer.Option(4096, "--pool", help="procedural training images searched (the start of the prior's training stream)"),
     reference: Optional[int] = typer.Option(None, "--reference", help="held-out procedural images searched too, for scale (default: --n)"),
-    out: Path = typer.Option(..., "--out", "-o", help="PNG file; the distances go beside it as .json"),
     seed: int = typer.Option(0, "--seed", help="latents of the samples"),
     device: str = typer.Option("auto", "--device"),
     batch: int = typer.Option(256, "--batch", "-b", help="images per render / feature call"),
-    path: Optional[Path] = typer.Option(None, "--path", help="folder or sidecar of the prior (default: shipped weights)"),
+    path: Optional[Path] = typer.Option(None, "--path", help="folder of the priors (default: shipped weights)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Each sample next to its nearest procedural training image by LPIPS-Alex: new images or copies?
@@ -279,18 +279,23 @@ def priors_nearest(
 
     from .nearest import NearestConfig, nearest_check, summarise, write_nearest
 
-    if out.suffix.lower() != ".png" or out.is_dir():
+    if component == "all" and out.suffix:
+        raise JoinbenchError(f"--out {out}: with --component all give a folder (each prior gets <dataset>-<component>-nearest.png).")
+    if component != "all" and (out.suffix.lower() != ".png" or out.is_dir()):
         raise JoinbenchError(f"--out {out}: give a .png file (the distances are written beside it as .json).")
     cfg = NearestConfig(dataset=dataset, component=component, n=n, pool=pool, reference=reference, seed=seed,
                         batch=batch, device=device, path=str(path) if path is not None else None)
-    result = nearest_check(cfg, progress=not quiet)
-    png, js = write_nearest(result, out, command=shlex.join(["joinbench", *sys.argv[1:]]))
-    s = summarise(result)
-    line = f"{dataset}-{component}: nearest LPIPS of {n} samples in {pool} training images: median {s['samples']['median']:.3f}"
-    if "reference" in s:
-        line += (f" (held-out procedural images: {s['reference']['median']:.3f}); {s['samples_below_reference_min']} of {n} "
-                 f"samples closer to a training image than any held-out image ({s['reference']['min']:.3f})")
-    typer.echo(line)
-    typer.echo(f"wrote {png} and {js}")
+    command = shlex.join(["joinbench", *sys.argv[1:]])
+    for result in nearest_check(cfg, progress=not quiet):
+        name = result["prior"].component
+        target = out / f"{dataset}-{name}-nearest.png" if component == "all" else out
+        png, js = write_nearest(result, target, command=command)
+        s = summarise(result)
+        line = f"{dataset}-{name}: nearest LPIPS of {n} samples in {pool} training images: median {s['samples']['median']:.3f}"
+        if "reference" in s:
+            line += (f" (held-out procedural images: {s['reference']['median']:.3f}); {s['samples_below_reference_min']} "
+                     f"of {n} samples closer to a training image than any held-out image is ({s['reference']['min']:.3f})")
+        typer.echo(line)
+        typer.echo(f"wrote {png} and {js}")
 
 __all__ = ["priors_app", "train_app"]

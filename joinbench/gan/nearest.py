@@ -23,8 +23,8 @@ LPIPS-Alex of every (sample, pool image) pair without running the network per pa
 ``sum_l mean_hw sum_c w_lc (a_lchw - b_lchw)^2`` over unit-normalised features, which expands
 to ``|a|_w^2 + |b|_w^2 - 2 (w a) . b``: features are computed once per image and the cross
 terms are one matrix product (float64), equal to ``lpips.LPIPS(a, b)`` up to rounding (tested).
-The search costs one AlexNet forward per image, so 64 samples against a 4,096-image pool take
-about as long as rendering the pool.
+The search costs one AlexNet forward per image, and ``--component all`` searches for every
+prior of a dataset in one pass over the pool, so the pool is rendered once.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class NearestConfig:
     """Every setting of one nearest-neighbour check."""
 
     dataset: str = "materials"
-    component: str = "albedo"  # albedo | shading | specular | joint
+    component: str = "albedo"  # albedo | shading | specular | joint | all (every prior, one pass over the pool)
     n: int = 64  # prior samples
     pool: int = DEFAULT_POOL  # procedural training images searched
     reference: int | None = None  # held-out procedural images for scale (default: n)
@@ -111,40 +111,42 @@ class PairwiseLPIPS:
         return self.between(self.features(a), self.features(b))
 
 
-def _parts(images: Tensor) -> list[Tensor]:
-    """A joint prior's (B, 9, H, W) as its three 3-channel components; others as they are."""
-    return list(images.split(3, dim=1))
-
-
 @torch.no_grad()
-def search(queries: Tensor, pool: Iterable[Tensor], metric: PairwiseLPIPS) -> dict[str, Tensor]:
-    """For each query (B, 3k, H, W) the closest pool image (pool: batches of the same shape):
-    ``distance`` (B,), ``index`` (B,) into the pool as streamed, ``image`` (B, 3k, H, W).
-    With k components the distance is the mean of the per-component LPIPS."""
-    q_feats = [metric.features(p) for p in _parts(queries)]
-    best = torch.full((queries.shape[0],), math.inf, dtype=torch.float64)
-    index = torch.full((queries.shape[0],), -1, dtype=torch.int64)
-    image = torch.zeros_like(queries, device="cpu")
+def search(queries: dict[str, tuple[Tensor, list[str]]], pool: Iterable[dict[str, Tensor]],
+           metric: PairwiseLPIPS) -> dict[str, dict[str, Tensor]]:
+    """For each named query set ``(images (B, 3k, H, W), its k components)``, the closest pool
+    image: ``distance`` (B,), ``index`` (B,) into the pool as streamed, ``image`` (B, 3k, H, W).
+    ``pool`` yields batches ``{component: (m, 3, H, W)}``; each component's features are
+    computed once per batch and shared by every query set. With k components (a joint prior)
+    the distance is the mean of the per-component LPIPS."""
+    q_feats = {name: [metric.features(part) for part in images.split(3, dim=1)]
+               for name, (images, _) in queries.items()}
+    out = {name: {"distance": torch.full((images.shape[0],), math.inf, dtype=torch.float64),
+                  "index": torch.full((images.shape[0],), -1, dtype=torch.int64),
+                  "image": torch.zeros_like(images, device="cpu")} for name, (images, _) in queries.items()}
     seen = 0
     for chunk in pool:
-        d = sum(metric.between(qf, metric.features(p)) for qf, p in zip(q_feats, _parts(chunk))) / len(q_feats)
-        d = d.cpu()
-        value, where = d.min(dim=1)
-        better = value < best
-        if better.any():
-            best[better] = value[better]
-            index[better] = where[better] + seen
-            image[better] = chunk.cpu()[where[better]].to(image.dtype)
-        seen += chunk.shape[0]
+        needed = {c for _, comps in queries.values() for c in comps}
+        p_feats = {c: metric.features(chunk[c]) for c in needed}
+        for name, (_, comps) in queries.items():
+            d = sum(metric.between(qf, p_feats[c]) for qf, c in zip(q_feats[name], comps)) / len(comps)
+            value, where = d.cpu().min(dim=1)
+            best = out[name]
+            better = value < best["distance"]
+            if better.any():
+                best["distance"][better] = value[better]
+                best["index"][better] = where[better] + seen
+                best["image"][better] = torch.cat([chunk[c].cpu()[where[better]] for c in comps], 1).float()
+        seen += next(iter(chunk.values())).shape[0]
     if seen == 0:
         raise JoinbenchError("The pool of the nearest-neighbour search is empty.")
-    return {"distance": best, "index": index, "image": image}
+    return out
 
 
-def _stream_images(dataset, channels: list[str], n: int, seed: int, resolution: int, batch: int,
-                   device: torch.device) -> Iterator[Tensor]:
-    """``n`` images of the procedural training stream seeded ``seed``, in encoded space,
-    ``channels`` stacked along dim 1 (a joint prior's albedo | shading | specular)."""
+def _stream_images(dataset, n: int, seed: int, resolution: int, batch: int,
+                   device: torch.device) -> Iterator[dict[str, Tensor]]:
+    """``n`` images of the procedural training stream seeded ``seed``: batches of every
+    component in encoded space."""
     from .train import TrainStream
 
     stream = TrainStream(dataset, batch, device, seed, resolution)
@@ -152,41 +154,55 @@ def _stream_images(dataset, channels: list[str], n: int, seed: int, resolution: 
     while done < n:
         b = next(stream)
         m = min(batch, n - done)
-        yield torch.cat([dataset.forward_model.encode(c, b[c][:m]) for c in channels], 1)
+        yield {c: dataset.forward_model.encode(c, b[c][:m]) for c in COMPONENTS if c in b}
         done += m
 
 
-def nearest_check(cfg: NearestConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the check; returns samples, their nearest pool images and distances, the held-out
-    reference distances and the facts of the run (see :func:`write_nearest`)."""
+def nearest_check(cfg: NearestConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the check for ``cfg.component`` (``all``: every prior of the dataset, sharing one
+    pass over the pool); one result per prior: samples, their nearest pool images and
+    distances, the held-out reference distances and the facts of the run (:func:`write_nearest`)."""
     from tqdm import tqdm
 
     from ..env import device_name, git_commit, resolve_device, versions
-    from .bank import load_prior
+    from .bank import load_prior, sidecar_path
     from .train import create_training_dataset
 
     cfg.check()
     device = resolve_device(cfg.device)
-    prior = load_prior(cfg.dataset, cfg.component, device, cfg.path)
-    train = prior.sidecar.get("train") or {}
-    pool_seed = int(train.get("seed", 0)) if cfg.pool_seed is None else int(cfg.pool_seed)
+    names = [cfg.component]
+    if cfg.component == "all":
+        names = [*COMPONENTS, *(["joint"] if sidecar_path(cfg.dataset, "joint", cfg.path).is_file() else [])]
+    priors = [load_prior(cfg.dataset, name, device, cfg.path) for name in names]
+    first = priors[0]
+    if len({(p.resolution, p.sidecar.get("forward_model")) for p in priors}) != 1:
+        raise JoinbenchError(f"The {cfg.dataset} priors differ in resolution or forward model; check them one at a time.")
+    pool_seed = int((first.sidecar.get("train") or {}).get("seed", 0)) if cfg.pool_seed is None else int(cfg.pool_seed)
     reference = cfg.n if cfg.reference is None else cfg.reference
-    ds = create_training_dataset(cfg.dataset, prior.resolution, prior.sidecar.get("forward_model"))
-    metric = PairwiseLPIPS("alex", device)
-    samples = prior.sample(cfg.n, seed=cfg.seed, noise_mode="const").cpu()
     ref_seed = REFERENCE_SEED + cfg.seed
-    held_out = [s.cpu() for s in _stream_images(ds, prior.channels, reference, ref_seed, prior.resolution,
-                                                 cfg.batch, device)] if reference else []
-    pool = tqdm(_stream_images(ds, prior.channels, cfg.pool, pool_seed, prior.resolution, cfg.batch, device),
+    ds = create_training_dataset(cfg.dataset, first.resolution, first.sidecar.get("forward_model"))
+    held_out = list(_stream_images(ds, reference, ref_seed, first.resolution, cfg.batch, device)) if reference else []
+    queries: dict[str, tuple[Tensor, list[str]]] = {}
+    samples = {}
+    for p in priors:
+        samples[p.component] = p.sample(cfg.n, seed=cfg.seed, noise_mode="const").cpu()
+        queries[p.component] = (samples[p.component], p.channels)
+        if held_out:
+            ref = torch.cat([torch.cat([b[c] for c in p.channels], 1).cpu() for b in held_out])
+            queries[f"reference:{p.component}"] = (ref, p.channels)
+    metric = PairwiseLPIPS("alex", device)
+    pool = tqdm(_stream_images(ds, cfg.pool, pool_seed, first.resolution, cfg.batch, device),
                 total=math.ceil(cfg.pool / cfg.batch), unit="batch", desc=f"nearest: {cfg.pool} training images",
                 disable=not progress)
-    found = search(torch.cat([samples, *held_out]), pool, metric)  # one pass over the pool for both
-    n = cfg.n
-    ref = {"n": reference, "stream_seed": ref_seed, "distance": found["distance"][n:]}
-    found = {k: v[:n] for k, v in found.items()}
-    return {"config": asdict(cfg), "pool_seed": pool_seed, "prior": prior, "samples": samples, **found,
-            "reference": ref, "code": {"commit": git_commit(), "device": device_name(device), "versions": versions()},
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    found = search(queries, pool, metric)  # one pass over the pool for every prior and the reference
+    facts = {"config": asdict(cfg), "pool_seed": pool_seed,
+             "code": {"commit": git_commit(), "device": device_name(device), "versions": versions()},
+             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    empty = torch.empty(0, dtype=torch.float64)
+    return [{**facts, "prior": p, "samples": samples[p.component], **found[p.component],
+             "reference": {"n": reference, "stream_seed": ref_seed,
+                           "distance": found[f"reference:{p.component}"]["distance"] if held_out else empty}}
+            for p in priors]
 
 
 def _quantiles(d: Tensor) -> dict[str, float]:
