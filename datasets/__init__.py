@@ -5,7 +5,7 @@ package registers every built-in dataset.
 """
 import importlib as _importlib
 
-for _mod in ("materials", "faces", "real", "folder", "bank"):
+for _mod in ("materials", "faces", "real", "folder", "bank", "iiw", "maw", "arap"):
     try:
         _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _exc:  # a dataset module still being written
