@@ -43,6 +43,7 @@ class Dataset(ABC):
     name: str = ""
     description: str = ""
     has_ground_truth: bool = True
+    references: tuple[str, ...] = ()  # annotation kinds a benchmark hands its metrics ("iiw", "maw", "arap")
     forward_model_name: str = "reinhard"
     colour_space: str = "display images: Reinhard s=4; components: linear"
     source: str = ""

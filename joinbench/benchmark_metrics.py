@@ -113,20 +113,6 @@ def score_references(batch, dec, metrics: list, unscorable: list[set[str]]) -> d
     return rows
 
 
-def references_missing(dataset, metric_names) -> list[str]:
-    """The reference metrics among ``metric_names`` whose reference data ``dataset`` does not
-    provide (its class attribute ``references``), so a run can refuse them before it starts."""
-    from .registry import create_metric
-
-    provided = set(getattr(type(dataset), "references", ()))
-    missing = []
-    for name in metric_names:
-        m = create_metric(name)
-        if m.space == REFERENCE_SPACE and m.reference not in provided:
-            missing.append(f"{name} (needs {m.reference} annotations)")
-    return missing
-
-
 # -- WHDR (Intrinsic Images in the Wild) ---------------------------------------------------
 
 WHDR_PAIRS = {"all": "all pairs", "eq": "'E' pairs", "ineq": "'1'/'2' pairs"}
@@ -431,5 +417,5 @@ _register(MITLMSE)
 
 __all__ = [
     "ARAPMetric", "ARAP_PROTOCOLS", "LUO_EXCLUDED", "MAWError", "MITLMSE", "REFERENCE_SPACE", "ReferenceMetric", "WHDR",
-    "careaga_grid", "maw_prediction", "references_missing", "score_references", "whdr_name",
+    "careaga_grid", "maw_prediction", "score_references", "whdr_name",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import JoinbenchError
-from .tables import arrow, best_mask, comparison_frame, fmt
+from .tables import arrow, best_mask, comparison_frame, fmt, metric_heading
 
 FORMATS = ("md", "latex", "csv", "html")
 
@@ -92,14 +92,15 @@ def _markdown(frame, ci, best, directions, summaries, title) -> str:
         for label in frame.index:
             cells = [f"**{fmt(frame.loc[label, col])}**" if best.loc[label, col] else fmt(frame.loc[label, col]) for col in cols]
             rows.append([label] + cells)
-        headers = ["method"] + [f"{m} {arrow(directions.get(m, False))}" for _, m in cols]
+        headers = ["method"] + [f"{metric_heading(m)} {arrow(directions.get(m, False))}" for _, m in cols]
         what = " (re-render vs input)" if comp == "image" else ""
         out += [f"## {comp}{what}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{",
-                  "}": r"\}", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "}": r"\}", "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "δ": r"$\delta$", "γ": r"$\gamma$", "×": r"$\times$"}  # benchmark protocols (whdr, maw)
 
 
 def _latex_escape(s: str) -> str:
@@ -115,7 +116,7 @@ def _latex(frame, ci, best, directions, summaries, title) -> str:
         rf"\multicolumn{{{sum(1 for c2, _ in frame.columns if c2 == c)}}}{{c}}{{{_latex_escape(c)}}}" for c in comps) + r" \\")
     up, down = r"$\uparrow$", r"$\downarrow$"
     lines.append("method & " + " & ".join(
-        f"{_latex_escape(m)} {up if directions.get(m) else down}" for _, m in frame.columns) + r" \\")
+        f"{_latex_escape(metric_heading(m))} {up if directions.get(m) else down}" for _, m in frame.columns) + r" \\")
     lines.append(r"\midrule")
     for label in frame.index:
         cells = []
@@ -146,7 +147,7 @@ def _html(frame, ci, best, directions, summaries, title) -> str:
     tables = []
     for comp in _components(frame):
         cols = [col for col in frame.columns if col[0] == comp]
-        head = "".join(f"<th>{esc(h)}</th>" for h in ["method"] + [f"{m} {arrow(directions.get(m, False))}" for _, m in cols])
+        head = "".join(f"<th>{esc(h)}</th>" for h in ["method"] + [f"{metric_heading(m)} {arrow(directions.get(m, False))}" for _, m in cols])
         body = []
         for label in frame.index:
             cells = "".join(

@@ -33,6 +33,7 @@ from .env import (device_name, git_commit, make_folder, peak_memory_mb, resolve_
 from .errors import JoinbenchError
 from .forward import COMPONENTS
 from .imageio import write_npz
+from .benchmark_metrics import score_references
 from .registry import DATASETS, create_method, create_metric
 from .tables import run_table_markdown, summarise_records
 from .types import Batch, Decomposition
@@ -109,7 +110,8 @@ def _append_records(path: Path, records: list[dict[str, Any]]) -> None:
 # -- scoring -----------------------------------------------------------------------------
 def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, seconds: float,
                 components: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One record per image and component (ground-truth components, then the re-render)."""
+    """One record per image and component (ground-truth components, the components benchmark
+    metrics score against the dataset's annotations, then the re-render)."""
     n = len(batch)
     missing: dict[str, list[str]] = dec.extras.get("missing", {})
     rerender = dec.rerender
@@ -117,6 +119,8 @@ def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, sec
     for comp in (*components, IMAGE_ROW):
         values: dict[str, list[float]] = {}
         for m in metrics:
+            if m.space == "reference":  # IIW / MAW / ARAP protocols: scored against annotations below
+                continue
             if comp == IMAGE_ROW:
                 if m.space != "encoded":
                     continue
@@ -139,9 +143,13 @@ def score_batch(batch: Batch, dec: Decomposition, dataset_fm, metrics: list, sec
                     vals[i] = float(out[j])
             values[m.name] = vals
         rows[comp] = values
+    unscorable = [set(COMPONENTS) if dec.errors[i] else set(missing.get(sid, [])) for i, sid in enumerate(batch.ids)]
+    for comp, values in score_references(batch, dec, metrics, unscorable).items():
+        rows.setdefault(comp, {}).update(values)
+    order = (*components, *(c for c in rows if c not in components and c != IMAGE_ROW), IMAGE_ROW)  # image row last
     records = []
     for i, sid in enumerate(batch.ids):
-        for comp in (*components, IMAGE_ROW):
+        for comp in order:
             needed = dec.forward_model.components if comp == IMAGE_ROW else (comp,)
             err = dec.errors[i] or ("missing prediction" if set(needed) & set(missing.get(sid, [])) else None)
             records.append({
@@ -286,13 +294,21 @@ def run_benchmark(settings: RunSettings) -> Path:
 
 
 def check_scorable(dataset_name: str, dataset, metric_names) -> None:
-    """Without ground truth only the re-render is scored, and only by encoded-space metrics: a
-    metric list with none of them would give an empty table, so say so before running."""
-    from .registry import METRICS
+    """Without ground truth only the re-render is scored, by encoded-space metrics, plus the
+    benchmark metrics whose annotations the dataset declares (``Dataset.references``: WHDR on
+    IIW, ...): a metric list that scores nothing would give an empty table, and a benchmark
+    metric on a dataset without its annotations an empty column, so say so before running."""
+    from .benchmark_metrics import REFERENCE_SPACE
 
+    declared = [create_metric(m) for m in metric_names]
+    unserved = [f"{m.name} (needs {m.reference} annotations)" for m in declared
+                if m.space == REFERENCE_SPACE and m.reference not in dataset.references]
+    if unserved:
+        raise JoinbenchError(f"{dataset_name} has no annotations for {', '.join(unserved)}: whdr* score iiw:/iiw-test:, "
+                             "maw-* score maw:, arap-* score arap:; drop them or pick such a dataset.")
     if dataset.has_ground_truth or not metric_names:
         return
-    if not any(getattr(METRICS.get(m)[0].factory, "space", "encoded") == "encoded" for m in metric_names):
+    if not any(m.space in ("encoded", REFERENCE_SPACE) for m in declared):
         raise JoinbenchError(f"{dataset_name} has no ground truth, so only the re-render is scored, by encoded-space "
                              f"metrics (mse, psnr, ssim, lpips); {', '.join(metric_names)} score none of it: add one.")
 

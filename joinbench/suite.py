@@ -497,9 +497,9 @@ def table_markdown(frame, ci, best, directions, first: list[tuple[str, list[str]
     (component, metric), the best of each column in bold."""
     from tabulate import tabulate
 
-    from .tables import arrow, fmt
+    from .tables import arrow, fmt, metric_heading
 
-    headers = [h for h, _ in first] + [f"{_component_title(c)} {m} {arrow(directions.get(m, False))}"
+    headers = [h for h, _ in first] + [f"{_component_title(c)} {metric_heading(m)} {arrow(directions.get(m, False))}"
                                         for c, m in frame.columns]
     rows = []
     for k, label in enumerate(frame.index):

@@ -2,6 +2,7 @@
 one run's table, and multi-run comparison tables (Markdown, LaTeX, CSV, HTML)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -31,6 +32,38 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tupl
     return float(lo), float(hi)
 
 
+def geometric_summary(values: np.ndarray) -> tuple[float, float, float]:
+    """(geometric mean, 95% interval) of positive values, the interval bootstrapped on the logs
+    (the MIT benchmark averages LMSE over images this way). A value of 0 makes the mean 0."""
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    if (values <= 0).any():
+        return (0.0, math.nan, math.nan) if (values >= 0).all() else (math.nan, math.nan, math.nan)
+    logs = np.log(values)
+    lo, hi = bootstrap_ci(logs)
+    return float(np.exp(logs.mean())), float(np.exp(lo)), float(np.exp(hi))
+
+
+@functools.lru_cache(maxsize=None)
+def metric_declaration(name: str):
+    """The registered metric ``name`` as it declares itself (protocol, aggregate), or None for a
+    name the registry does not know (e.g. a run made by other code)."""
+    from .errors import UnknownNameError
+    from .registry import create_metric
+
+    try:
+        return create_metric(name)
+    except UnknownNameError:
+        return None
+
+
+def metric_heading(name: str) -> str:
+    """A table heading: the metric's name and, for a benchmark metric, the protocol it follows
+    (``whdr (δ=0.10, linear)``), so no number appears without its protocol."""
+    m = metric_declaration(name)
+    return f"{name} ({m.protocol})" if m is not None and m.protocol else name
+
+
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Long format: one row per (id, component, metric, value); errors dropped."""
     rows = [
@@ -42,13 +75,17 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def summarise_records(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{component: {metric: {mean, ci_low, ci_high, n}}}, deduplicated by image id."""
+    """{component: {metric: {mean, ci_low, ci_high, n}}}, deduplicated by image id. ``mean`` is
+    the arithmetic mean, or the geometric one for a metric that declares ``aggregate = "geometric"``."""
     df = records_frame(records).drop_duplicates(subset=["id", "component", "metric"], keep="last")
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (comp, metric), group in df.groupby(["component", "metric"], sort=False):
         vals = group["value"].astype(float).to_numpy()
         vals = vals[~np.isnan(vals)]  # NaN: not scorable (e.g. empty mask); +inf (PSNR of a perfect match) counts
-        if np.isinf(vals).any():
+        declared = metric_declaration(metric)
+        if declared is not None and declared.aggregate == "geometric":
+            mean, lo, hi = geometric_summary(vals)
+        elif np.isinf(vals).any():
             mean = float(vals.mean())
             lo = hi = mean if np.isinf(vals).all() else math.nan
         else:
@@ -83,7 +120,7 @@ def run_table_markdown(summary: dict[str, Any]) -> str:
     results = summary["results"]
     scored = {m for vals in results.values() for m in vals}  # e.g. no linear metrics without ground truth
     metrics = {m: run["metrics"][m] for m in sorted(run["metrics"], key=metric_rank) if m in scored}
-    headers = ["component"] + [f"{m} {arrow(info['higher_is_better'])}" for m, info in metrics.items()]
+    headers = ["component"] + [f"{metric_heading(m)} {arrow(info['higher_is_better'])}" for m, info in metrics.items()]
     rows = []
     for comp, vals in results.items():
         row = [comp]

@@ -162,3 +162,20 @@ def test_arap_bad_input(tmp_path):
     with pytest.raises(DatasetError) as e:
         create_dataset(f"arap:{tmp_path / 'c'}")
     assert "input" in str(e.value)
+
+
+def test_run_scores_dense_metrics_and_both_protocols(tmp_path):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = write_arap(tmp_path / "ARAP")
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--method", "trivial", "--dataset", f"arap:{root}", "-r", "16", "--metrics",
+                                   "si-mse,arap-luo-si-mse,arap-careaga-rmse", "--out", str(run_dir), "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    albedo = __import__("json").loads((run_dir / "summary.json").read_text())["results"]["albedo"]
+    assert albedo["si-mse"]["n"] == 3 and albedo["arap-careaga-rmse"]["n"] == 3
+    assert albedo["arap-luo-si-mse"]["n"] == 2  # tiger is one of the seven scenes luo leaves out
+    table = (run_dir / "table.md").read_text()
+    assert "arap-luo-si-mse (intrinsic-image-eval: ground-truth resolution, 7 scenes excluded)" in table

@@ -250,3 +250,54 @@ def test_iiw_test_needs_every_split_image(tmp_path, monkeypatch):
     with pytest.raises(JoinbenchError) as e:
         create_dataset(f"iiw-test:{root}", resolution=16)
     assert "none.txt" in str(e.value) and "reinstall" in str(e.value) and "\n" not in str(e.value)
+
+
+# -- end to end: run and compare score WHDR with the protocol in the table heading ---------------
+
+def test_run_and_compare_print_whdr_with_its_protocol(tmp_path):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+    from joinbench.imageio import write_npz
+
+    root = write_iiw(tmp_path / "iiw", ids=("7", "12"))
+    (root / "data" / "100.json").write_text(json.dumps(judgement_json([(1, 2, "1", 0.0)])))  # nothing counts
+    Image.open(root / "data" / "7.png").save(root / "data" / "100.png")
+    r = 16  # point pixels at 16 px: floor(0.05 * 16) = 0, floor(0.95 * 16) = 15, floor(0.55 * 16) = 8
+    pixels16 = {1: (0, 0), 2: (0, 15), 3: (15, 0), 4: (8, 8)}
+    perfect = torch.full((3, r, r), 0.5)
+    for p, v in TRUTH.items():
+        perfect[:, pixels16[p][0], pixels16[p][1]] = v
+    preds = tmp_path / "preds"
+    for sid, a in (("7", perfect), ("12", torch.full((3, r, r), 0.3)), ("100", perfect)):
+        write_npz(preds / f"{sid}.npz", albedo=a, shading=torch.ones(3, r, r), specular=torch.zeros(3, r, r))
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--method", f"predictions:{preds}", "--dataset", f"iiw:{root}", "-r", str(r),
+                                   "--metrics", "whdr,whdr-20,mse", "--out", str(run_dir), "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # image 7 scores 0, image 12 (constant) 2.2 / 3, image 100 has no value and is left out
+    for name in ("whdr", "whdr-20"):
+        got = summary["results"]["albedo"][name]
+        assert got["n"] == 2 and got["mean"] == pytest.approx((0.0 + 2.2 / 3.0) / 2, abs=1e-12)
+    assert "mse" in summary["results"]["image"]  # the re-render is scored as before
+    table = (run_dir / "table.md").read_text()
+    assert "whdr (δ=0.10, linear) ↓" in table and "whdr-20 (δ=0.20, linear) ↓" in table
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--datasets", f"iiw:{root}", "--methods", f"predictions:{preds}",
+                                   "-r", str(r), "--metrics", "whdr,whdr-srgb", "--out", str(out), "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (out / "compare.md").read_text()
+    assert "albedo whdr (δ=0.10, linear) ↓" in md and "albedo whdr-srgb (δ=0.10, sRGB γ=2.2) ↓" in md
+
+
+def test_benchmark_metrics_on_other_datasets_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--method", "trivial", "--dataset", "real-faces", "--metrics", "whdr",
+                                   "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code != 0 and isinstance(res.exception, JoinbenchError)
+    msg = str(res.exception)
+    assert "real-faces" in msg and "whdr (needs iiw annotations)" in msg and "\n" not in msg
