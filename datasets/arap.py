@@ -20,7 +20,6 @@ The protocols compare at their own resolution, from the original files, which tr
 """
 from __future__ import annotations
 
-import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 from torch import Tensor
 
 from joinbench.errors import DatasetError
-from joinbench.forward import ForwardModel
 from joinbench.imageio import image_info, read_image
 from joinbench.registry import register_dataset
 from joinbench.types import Sample
@@ -74,10 +72,6 @@ class ARAPDataset(FileDataset):
     description = ("ARAP synthetic scenes: PATH/input/<name>.png, reflectance/<scene>_albedo.png, shading/<name>_shading.png, "
                    "mask/<scene>_alpha.png; protocols arap-careaga-* and arap-luo-*")
     colour_space = "image: display values as stored; albedo / shading: as stored, taken as linear (intrinsic-image-eval)"
-
-    def __init__(self, path: str | os.PathLike | None, resolution: int = 64,
-                 forward_model: ForwardModel | str | None = None, seed: int = 0):
-        super().__init__(path, resolution, forward_model)  # seed: the scenes are the split
 
     def _scan(self) -> list[_Item]:
         root = self.root

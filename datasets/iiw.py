@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from joinbench.errors import DatasetError
-from joinbench.forward import ForwardModel
 from joinbench.imageio import image_info
 from joinbench.registry import register_dataset
 from joinbench.types import Sample
@@ -136,10 +135,6 @@ class IIWDataset(FileDataset):
     description = ("Intrinsic Images in the Wild: PATH/data/<id>.png + <id>.json judgements; no dense ground truth, "
                    "scored by WHDR (whdr, whdr-20, ...); whole photo resized to a square")
     colour_space = "image: sRGB photo as published, used as the display image; WHDR reads the predicted linear albedo"
-
-    def __init__(self, path: str | os.PathLike | None, resolution: int = 64,
-                 forward_model: ForwardModel | str | None = None, seed: int = 0):
-        super().__init__(path, resolution, forward_model)  # seed: the photos are the split
 
     def _scan(self) -> list[_Item]:
         root = self.root / "data" if (self.root / "data").is_dir() else self.root

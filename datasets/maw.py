@@ -25,14 +25,12 @@ Geometry: the whole photo is resized to ``resolution`` x ``resolution`` (aspect 
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from joinbench.errors import DatasetError
-from joinbench.forward import ForwardModel
 from joinbench.imageio import image_info
 from joinbench.registry import register_dataset
 from joinbench.types import Sample
@@ -107,10 +105,6 @@ class MAWDataset(FileDataset):
     description = ("Measured Albedo in the Wild: PATH/labels/meta.csv, region masks + measured colours, photos in "
                    "PATH/images_png/<category>/<name>.png; scored by maw-intensity / maw-chromaticity")
     colour_space = "image: sRGB photo as published; region albedo: measured, linear sRGB"
-
-    def __init__(self, path: str | os.PathLike | None, resolution: int = 64,
-                 forward_model: ForwardModel | str | None = None, seed: int = 0):
-        super().__init__(path, resolution, forward_model)  # seed: the release is the split
 
     def _scan(self) -> list[_Item]:
         labels = self.root / "labels"
