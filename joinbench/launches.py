@@ -85,6 +85,7 @@ _ACTIVE: list["LaunchCounter"] = []  # the counter in use (at most one)
 _STACK: list[str] = []  # open phases
 _MARKS: list[str | None] = [None]  # current mark per level (level 0: outside every phase)
 _PATH: list[str | None] = [None]  # cached "a/b/c" of the above
+_HOST: list[Any] = []  # [WeakIdKeyDictionary of host tensors], made by the first LaunchCounter
 
 
 def _path() -> str:
@@ -301,7 +302,9 @@ class LaunchCounter:
 
         self.count_flops = flops
         self.tally = Tally()
-        self._host = WeakIdKeyDictionary()  # tensors known to live on the host (see module docstring)
+        if not _HOST:  # tensors known to live on the host (see the module docstring), kept across counters
+            _HOST.append(WeakIdKeyDictionary())
+        self._host = _HOST[0]
         self._ctx_host = False  # placement of tensor-less ops inside the current Python-level call
         self._paused = False
         self._modes: list[Any] = []

@@ -117,27 +117,36 @@ def measure_runs(run: Callable[[int], None], n: int) -> Tally:
 
 # -- the adapter layer: the only code that knows how the subjects are called ---------------
 class _Train:
-    """One iteration of ``joinbench train prior``: the next batch of the stream (render),
-    then per model encode + ``PriorTrainer.step``, then every model's EMA (``end_step``);
-    logging is not part of an iteration."""
+    """One iteration of ``joinbench train prior``. The engine (``PriorTraining.iteration``: a
+    batch from the device data pool, whose refreshes re-render a fraction of it now and then,
+    and the fused bank's G, D, R1 and EMA steps); before it, the loop body of ``train_prior``:
+    the stream's next batch (render), per model encode + ``PriorTrainer.step``, then every
+    model's EMA (``end_step``). Logging is not part of an iteration."""
 
     def __init__(self, cfg: ProfileConfig):
-        from .gan.train import PriorTrainer, TrainConfig, TrainStream, create_training_dataset, encode_batch
+        from .gan import train
 
-        self.encode = encode_batch
-        tcfg = TrainConfig(dataset=cfg.dataset, component=cfg.component, batch=cfg.batch, resolution=cfg.resolution,
-                           seed=cfg.seed, device="cpu", progress=False).resolved()
-        ds = create_training_dataset(cfg.dataset, cfg.resolution)
+        tcfg = train.TrainConfig(dataset=cfg.dataset, component=cfg.component, batch=cfg.batch,
+                                 resolution=cfg.resolution, seed=cfg.seed, device="cpu", progress=False).resolved()
+        if hasattr(train, "PriorTraining"):  # the engine (CUDA's defaults are its CPU ones but for graphs/pool)
+            self.engine = train.PriorTraining(tcfg, DEVICE)
+            return
+        self.engine = None
+        self.encode = train.encode_batch
+        ds = train.create_training_dataset(cfg.dataset, cfg.resolution)
         self.fm, self.batch = ds.forward_model, cfg.batch
-        self.trainers = [PriorTrainer(name, tcfg, DEVICE) for name in tcfg.model_names()]
-        if cfg.emulate_cuda:  # what PriorTrainer does on CUDA: bf16 autocast forward passes, fused Adam
+        self.trainers = [train.PriorTrainer(name, tcfg, DEVICE) for name in tcfg.model_names()]
+        if cfg.emulate_cuda:  # what PriorTrainer did on CUDA: bf16 autocast forward passes, fused Adam
             for t in self.trainers:
                 t.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
                 t.opt_G, t.opt_D = refuse_optimizer(t.opt_G, fused=True), refuse_optimizer(t.opt_D, fused=True)
-        self.stream = TrainStream(ds, cfg.batch, DEVICE, cfg.seed, cfg.resolution)
+        self.stream = train.TrainStream(ds, cfg.batch, DEVICE, cfg.seed, cfg.resolution)
         self.nimg = 0
 
     def __call__(self, i: int) -> None:
+        if self.engine is not None:
+            self.engine.iteration(i)
+            return
         with phase("render"):
             batch = next(self.stream)
         for t in self.trainers:
@@ -229,9 +238,16 @@ _LOSSES = {"joinbench.join.losses:PerceptualLoss.__call__": "LPIPS", "joinbench.
            "joinbench.forward:ForwardModel.render_encoded": "composite"}
 PHASE_FUNCTIONS = {
     "render": _HASHING,
-    "train": {**_HASHING, "joinbench.gan.train:encode_batch": "encode", "joinbench.gan.train:PriorTrainer._fake": "fakes",
-              "joinbench.gan.train:d_loss": "D loss", "joinbench.gan.train:r1_penalty": "R1 penalty",
-              "joinbench.gan.train:update_ema": "EMA"},
+    "train": {**_HASHING, "joinbench.datasets.base:ProceduralDataset.render_batch_at": "render",
+              "joinbench.gan.train:encode_batch": "encode", "joinbench.training.data:encode_batch": "encode",
+              # the engine's steps
+              "joinbench.gan.train:BankTrainer.draw_random": "random draws", "joinbench.gan.train:BankTrainer.g_step": "G",
+              "joinbench.gan.train:BankTrainer.d_step": "D", "joinbench.gan.train:BankTrainer.r1_step": "R1",
+              "joinbench.gan.train:BankTrainer.ema_step": "EMA", "joinbench.training.data:DataPool.draw_into": "data",
+              "joinbench.training.graphs:adam_step": "optimizer",
+              # before it
+              "joinbench.gan.train:PriorTrainer._fake": "fakes", "joinbench.gan.train:d_loss": "D loss",
+              "joinbench.gan.train:r1_penalty": "R1 penalty", "joinbench.gan.train:update_ema": "EMA"},
     "stage1": {**_LOSSES, "joinbench.join.stage1:JointInverter._render": "generators",
                "joinbench.join.losses:noise_regularisation": "noise regulariser",
                "joinbench.join.losses:normalise_noise_": "noise normalisation",
@@ -248,13 +264,12 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     emulate = cuda_optimizer_defaults() if cfg.emulate_cuda else contextlib.nullcontext()
-    with emulate:
+    with emulate, phases_of(PHASE_FUNCTIONS[cfg.kind]):  # before building: step functions may be bound at init
         subject = SUBJECTS[cfg.kind](cfg)
-        with phases_of(PHASE_FUNCTIONS[cfg.kind]):
-            if cfg.kind in ("train", "render"):
-                per, each = measure_stepwise(subject, cfg.iterations)
-            else:
-                per, each = measure_runs(subject, cfg.iterations), []
+        if cfg.kind in ("train", "render"):
+            per, each = measure_stepwise(subject, cfg.iterations)
+        else:
+            per, each = measure_runs(subject, cfg.iterations), []
     out = {"kind": cfg.kind, "unit": UNITS[cfg.kind], "config": asdict(cfg), "command": cfg.command(),
            **per.to_json()}
     if each:
@@ -343,56 +358,74 @@ def result_markdown(r: dict[str, Any], top: int = 12) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _block_line(label: str, block: dict[str, Any] | None) -> str:
+    if not block:
+        return f"- {label}: not measured"
+    env = block["environment"]
+    code = env.get("code_commit", env["commit"])
+    how = f" ({env['how']})" if env.get("how") else ""
+    return (f"- {label}: code at `{code}`{how}, {env['date']}, "
+            + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if k in ("python", "torch")))
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    """reports/launches.md: before/after per step kind, then every measurement in detail."""
-    env, before = report["environment"], report.get("before") or {}
-    benv = before.get("environment", {})
+    """reports/launches.md: before/after per measurement, where the launches are, the test
+    configurations, then every measurement in detail."""
+    before, after, tests = report.get("before"), report.get("after"), report.get("tests")
+    bres, ares = (before or {}).get("results", {}), (after or {}).get("results", {})
     lines = ["# Kernel launches, host syncs and FLOPs per step", "",
-             f"Made with `{report['command']}` (see `joinbench profile --help`; what is counted and how device "
-             "placement is emulated: `joinbench/launches.py`). Counts are deterministic: they do not depend on the "
-             "machine, its load or the batch size; per unit = (count of 2N units - count of N units) / N.", "",
-             f"- after: commit `{env['commit']}`, {env['date']}, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-             f"- before: " + (f"code at commit `{benv.get('code_commit', benv.get('commit'))}` counted with this "
-                              f"profiler ({benv.get('how', '')}), {benv.get('date', '')}" if benv else "not measured"),
-             f"- device: {env['device']}; CUDA path = `--emulate-cuda` (bf16 autocast and fused Adam of the "
-             "trainer, foreach Adam elsewhere; CUDA graphs are not emulated)", "",
+             f"Made with `{report['command']}` (`joinbench profile --help`; what is counted and how device placement "
+             "is emulated: `joinbench/launches.py`). Counts are deterministic: the same on any machine and under any "
+             "load. Per unit = (count of 2N units - count of N units) / N: warm-up and set-up cancel.", "",
+             _block_line("before", before), _block_line("after", after), _block_line("test figures", tests),
+             "- device: the CPU, with device placement emulated (only reads of device tensors are host syncs). "
+             "\"CUDA path\" = `--emulate-cuda`: the trainer's bf16 autocast and fused Adam, foreach Adam elsewhere. "
+             "CUDA graphs cannot be emulated.", "",
              "| measurement | unit | ops before | ops after | non-view before | non-view after | syncs before | "
-             "syncs after | GFLOP after | target (non-view) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in report["results"].items():
-        b = (before.get("results") or {}).get(name)
+             "syncs after | GFLOP | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys([*bres, *ares]):
+        b, a = bres.get(name), ares.get(name)
+        r = a or b
         t = target_for(r)
-        lines.append(f"| {name} | {r['unit']} | {_fmt(b['ops']) if b else '–'} | {_fmt(r['ops'])} | "
-                     f"{_fmt(b['nonview_ops']) if b else '–'} | {_fmt(r['nonview_ops'])} | "
-                     f"{_fmt(b['syncs'], 1) if b else '–'} | {_fmt(r['syncs'], 1)} | {_fmt(r['flops'] / 1e9, 2)} | "
-                     f"{('≤ ' + format(t, ',') + ', 0 syncs') if t else ('0 syncs' if r['kind'] != 'render' else '–')} |")
-    lines += ["", "Where the launches are (after; non-view ops per unit, phases two levels deep):", ""]
-    for name, r in report["results"].items():
-        lines.append(f"- **{name}**: {_phases_text(r)}")
-    if before.get("results"):
-        lines += ["", "Where they were (before):", ""]
-        for name, r in before["results"].items():
-            lines.append(f"- **{name}**: {_phases_text(r)}")
-    lines += ["", "Rerun: `joinbench profile all --out reports/launches.md` (keeps the before column of "
-              "reports/launches.json); the before column: `bash scripts/launches_before.sh`. The small configurations "
-              "below are what `tests/test_launches.py` recounts (it fails when one grows by more than 10%).", ""]
-    lines.append(_table([{"test configuration": k, "command": f"`{v['command']}`", "ops": _fmt(v["ops"], 1),
-                          "non-view": _fmt(v["nonview_ops"], 1), "syncs": _fmt(v["syncs"], 1)}
-                         for k, v in report["tests"].items()]))
-    lines += ["", "# Details (after)", ""]
-    lines += [result_markdown(r) for r in report["results"].values()]
+        target = (f"≤ {t:,} non-view, 0 syncs" if t else ("0 syncs" if r["kind"] != "render" else "≤ 3,000 non-view"))
+        cell = lambda x, key, d=0: _fmt(x[key], d) if x else "–"
+        lines.append(f"| {name} | {r['unit']} | {cell(b, 'ops')} | {cell(a, 'ops')} | {cell(b, 'nonview_ops')} | "
+                     f"{cell(a, 'nonview_ops')} | {cell(b, 'syncs', 1)} | {cell(a, 'syncs', 1)} | "
+                     f"{_fmt(r['flops'] / 1e9, 2)} | {target} |")
+    for label, res in (("after", ares), ("before", bres)):
+        if res:
+            lines += ["", f"Where the launches are ({label}; non-view ops per unit, phases two levels deep):", ""]
+            lines += [f"- **{name}**: {_phases_text(r)}" for name, r in res.items()]
+    lines += ["", "Rerun: `joinbench profile all --out reports/launches.md` (keeps the before column); the before "
+              "column: `bash scripts/launches_before.sh`, then `joinbench profile all --before "
+              "/tmp/jb-before-launches.json --out reports/launches.md`. `tests/test_launches.py` recounts the small "
+              "configurations below and fails when one grows by more than 10% (`--only tests` refreshes them alone).", ""]
+    if tests:
+        lines.append(_table([{"test configuration": k, "command": f"`{v['command']}`", "ops": _fmt(v["ops"], 1),
+                              "non-view": _fmt(v["nonview_ops"], 1), "syncs": _fmt(v["syncs"], 1)}
+                             for k, v in tests["results"].items()]))
+    for label, res in (("after", ares), ("before", bres)):
+        if res:
+            lines += ["", f"# Details ({label})", ""]
+            lines += [result_markdown(r) for r in res.values()]
     return "\n".join(lines)
 
 
-def profile_all(progress: bool = True) -> dict[str, Any]:
-    results, tests = {}, {}
-    for table, configs in ((results, REPORT), (tests, TESTS)):
-        for name, cfg in configs.items():
-            if progress:
-                typer.echo(f"profile: {name} ...", err=True)
-            table[name] = profile(cfg)
-    return {"format": "joinbench-launches", "version": 1, "environment": environment(), "results": results,
-            "tests": tests}
+def measure_block(configs: dict[str, ProfileConfig], progress: bool = True) -> dict[str, Any]:
+    """Measure named configurations: ``{"environment": ..., "results": {name: result}}``."""
+    results = {}
+    for name, cfg in configs.items():
+        if progress:
+            typer.echo(f"profile: {name} ...", err=True)
+        results[name] = profile(cfg)
+    return {"environment": environment(), "results": results}
+
+
+def _as_block(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The measured block of a written report (older files kept results at the top level)."""
+    if "after" in report:
+        return report["after"]
+    return {"environment": report["environment"], "results": report["results"]} if "results" in report else None
 
 
 # -----------------------------------------------------------------------------------------
@@ -410,6 +443,7 @@ def profile_cmd(
     format: str = typer.Option("md", "--format", "-f", help="md | json"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (all: the .md; its .json is written beside)"),
     before: Optional[Path] = typer.Option(None, "--before", help="all: JSON of a run at older code to show as the before column"),
+    only: str = typer.Option("both", "--only", help="all: report | tests (measure one part, keep the other)"),
 ):
     """Count kernel launches (dispatched aten ops), host syncs and FLOPs per training
     iteration, stage-1 step, PTI step or render call, with the top ops and phases.
@@ -425,15 +459,20 @@ def profile_cmd(
 
         if out is None or out.suffix != ".md":
             raise JoinbenchError("profile all writes a report: give --out FILE.md (e.g. --out reports/launches.md).")
+        if only not in ("both", "report", "tests"):
+            raise JoinbenchError(f"--only must be report or tests, got {only!r}.")
         json_path = out.with_suffix(".json")
-        old = _read_json(before) if before else (_read_json(json_path) if json_path.is_file() else {})
-        kept = (old.get("before") if not before else {"environment": {**old.get("environment", {}), "how": "--before"},
-                                                       "results": old.get("results", {})})
-        report = profile_all()
-        report["command"] = "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if _typed() else \
-            f"joinbench profile all --out {out}"
-        if kept:
-            report["before"] = kept
+        report = _read_json(json_path) if json_path.is_file() else {}
+        if "after" not in report and "results" in report:  # an older layout
+            report = {"before": report.get("before"), "after": _as_block(report), "tests": None}
+        if before:
+            report["before"] = {**_as_block(_read_json(before)), "from": str(before)}
+        if only in ("both", "report"):
+            report["after"] = measure_block(REPORT)
+        if only in ("both", "tests"):
+            report["tests"] = measure_block(TESTS)
+        report.update(format="joinbench-launches", version=2,
+                      command=_typed_command() or f"joinbench profile all --out {out}")
         write_json(json_path, report)
         write_atomic(out, report_markdown(report))
         typer.echo(f"wrote {out} and {json_path}")
@@ -451,9 +490,14 @@ def profile_cmd(
         typer.echo(text, nl=False)
 
 
-def _typed() -> bool:
+def _typed_command() -> str | None:
+    """The command as typed when run as ``joinbench``, None otherwise (a test's runner, or
+    ``python -m joinbench.profile`` in an old checkout). Not env.command_line: the before
+    column runs this file in a checkout that predates it."""
     prog = Path(sys.argv[0])
-    return prog.name == "joinbench" or (prog.name == "__main__.py" and prog.parent.name == "joinbench")
+    if prog.name == "joinbench" or (prog.name == "__main__.py" and prog.parent.name == "joinbench"):
+        return "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -463,7 +507,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise JoinbenchError(f"Cannot read {path}: {type(exc).__name__}; give the .json a `profile all` wrote.") from None
 
 
-__all__ = ["KINDS", "REPORT", "TESTS", "ProfileConfig", "measure_runs", "measure_stepwise", "profile", "profile_all",
+__all__ = ["KINDS", "REPORT", "TESTS", "ProfileConfig", "measure_block", "measure_runs", "measure_stepwise", "profile",
            "profile_cmd", "report_markdown", "result_markdown"]
 
 if __name__ == "__main__":  # the before column runs this file inside an older checkout (scripts/launches_before.sh)
