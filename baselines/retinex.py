@@ -160,6 +160,7 @@ class RetinexMethod(Method):
     """Grosse et al. (2009) Retinex: threshold log gradients, re-integrate the reflectance."""
 
     Config = RetinexConfig
+    kind = "classical"
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

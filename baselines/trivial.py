@@ -36,6 +36,7 @@ class TrivialMethod(Method):
     """Albedo = input (as the sRGB-encoded albedo), shading = 1, specular = 0."""
 
     Config = TrivialConfig
+    kind = "classical"
 
     def decompose(self, images: Tensor) -> Decomposition:
         start = time.perf_counter()

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from joinbench.errors import JoinbenchError
 from joinbench.forward import COMPONENTS, ForwardModel
-from joinbench.method import Method, MethodConfig, dataset_domain
+from joinbench.method import Method, MethodConfig
 from joinbench.registry import register_method
 from joinbench.types import Decomposition
 
@@ -386,20 +386,16 @@ class UNetMethod(Method):
     """Feed-forward U-Net: one forward pass per batch."""
 
     Config = UNetMethodConfig
-    trains = True
+    kind = "feed-forward"
+    domain_setting = "dataset"  # faces-shift runs with the faces weights unless --set dataset=...
 
     def __init__(self, config: UNetMethodConfig | None = None, **overrides: Any):
         super().__init__(config, **overrides)
         self._net: UNet | None = None
         self._sidecar: dict[str, Any] = {}
 
-    def bind_dataset(self, dataset, overridden: set[str]) -> None:
-        """Use the weights of the dataset's domain (``faces-shift`` -> ``faces``) unless
-        ``dataset`` was set explicitly."""
-        domain = dataset_domain(dataset)
-        if "dataset" not in overridden and domain not in (None, self.config.dataset):
-            self.config = dataclasses.replace(self.config, dataset=domain)
-            self._net = None
+    def reset(self) -> None:
+        self._net = None
 
     def to(self, device: torch.device | str) -> UNetMethod:
         super().to(device)

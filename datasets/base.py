@@ -27,6 +27,23 @@ MAX_SEED = 1_000_000
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 512
 
 
+def domain_of(name: str) -> str | None:
+    """The declared :attr:`Dataset.domain` of the registered dataset ``name`` (``faces-shift``
+    -> ``faces``), read from its class without building it; None for e.g. ``folder:PATH``."""
+    from joinbench.registry import DATASETS
+
+    entry, _ = DATASETS.get(name)
+    return entry.factory.domain if isinstance(entry.factory, type) and issubclass(entry.factory, Dataset) else None
+
+
+def known_domains() -> tuple[str, ...]:
+    """Every domain a registered dataset declares (``faces``, ``materials``): the values
+    ``--prior`` takes."""
+    from joinbench.registry import DATASETS
+
+    return tuple(sorted({d for n, _ in DATASETS.describe() if (d := domain_of(n))}))
+
+
 def check_resolution(resolution: int) -> int:
     r = int(resolution)
     if r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
@@ -38,10 +55,17 @@ def check_resolution(resolution: int) -> int:
 
 class Dataset(ABC):
     """A fixed evaluation split. Subclasses set the class attributes and implement
-    ``__len__`` and ``__getitem__``."""
+    ``__len__`` and ``__getitem__``.
+
+    The contract a run relies on: every registered factory takes ``resolution`` and ``seed``
+    keywords (a split that has no seed accepts and ignores it); :attr:`domain` names the
+    domain whose trained weights suit the images (methods pick their weights from it; None
+    when no trained domain fits, e.g. a user's folder); :meth:`fingerprint` keys results on
+    what the name does not fix (the files of a user's folder)."""
 
     name: str = ""
     description: str = ""
+    domain: str | None = None  # "materials", "faces": whose priors / U-Net weights suit these images
     has_ground_truth: bool = True
     references: tuple[str, ...] = ()  # annotation kinds a benchmark hands its metrics ("iiw", "maw", "arap")
     forward_model_name: str = "reinhard"
@@ -91,11 +115,18 @@ class Dataset(ABC):
         if pending:
             yield Batch.collate(pending)
 
+    def fingerprint(self) -> str | None:
+        """A hash of what determines the images beyond the name, resolution and seed (e.g. the
+        files a folder holds), so finished results are reused only for the same images; None
+        when the name, resolution and seed fix them (generated and packaged splits)."""
+        return None
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "size": len(self),
+            "domain": self.domain,
             "resolution": self.resolution,
             "has_ground_truth": self.has_ground_truth,
             "forward_model": self.forward_model.name,
@@ -150,7 +181,7 @@ class ProceduralDataset(Dataset):
     def render_batch_at(self, seeds: Tensor, device: torch.device | str = "cpu", resolution: int | None = None) -> dict[str, Tensor]:
         """Render seeds to a dict with linear components, mask and the display ``image``."""
         res = self.resolution if resolution is None else check_resolution(resolution)
-        out = self.render(seeds.to(device), res, device)
+        out = self.render(seeds, res, device)  # where the seeds are: render() moves them (a host copy can plan)
         if "image" not in out:
             out["image"] = self.forward_model.render(out["albedo"], out["shading"], out.get("specular"))
         if not self.forward_model.use_specular:

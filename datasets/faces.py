@@ -388,6 +388,7 @@ class FacesDataset(ProceduralDataset):
     albedo / shading / specular; ``shift=True`` adds glasses, beards, face paint, unusual
     hair colours, coloured multi-light rigs and camera degradations (module docstring)."""
 
+    domain = "faces"
     description = ("procedural heads (skin tones very light to very dark, eyes, brows, nose, lips, "
                    "ears, hair styles, small pose changes) under a directional light; mask = head, hair, neck")
     shift_description = ("faces with a controlled shift: glasses, beards/stubble, face paint, unusual hair "

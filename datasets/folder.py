@@ -123,8 +123,8 @@ class FileDataset(Dataset):
     licence = "unknown (user-supplied files: check their own terms)"
 
     def __init__(self, path: str | os.PathLike | None, resolution: int = 64,
-                 forward_model: ForwardModel | str | None = None):
-        super().__init__(resolution, forward_model)
+                 forward_model: ForwardModel | str | None = None, seed: int = 0):
+        super().__init__(resolution, forward_model)  # seed: the files are the split, any seed gives them
         self.root = _resolve_root(path, self.prefix, self.example)
         self.name = f"{self.prefix}:{path}"
         self.source = str(self.root.resolve())
@@ -243,7 +243,7 @@ class FileDataset(Dataset):
             mask=out.get("mask"), meta=meta,
         )
 
-    def content_fingerprint(self) -> str:
+    def fingerprint(self) -> str:
         """sha256 over every file this dataset reads (path, size, modification time), so that
         ``ablate`` / ``compare`` key their runs on the files, not only on the folder's name:
         replacing or editing an image makes the next run recompute instead of reusing."""
@@ -258,7 +258,7 @@ class FileDataset(Dataset):
         out = super().info()
         out["components"] = list(self.components)
         out["masks"] = self.has_mask_files
-        out["content_sha256"] = self.content_fingerprint()
+        out["content_sha256"] = self.fingerprint()
         return out
 
 

@@ -623,6 +623,7 @@ class MaterialsDataset(ProceduralDataset):
         super().__init__(resolution, size, seed, forward_model, shift, render_batch)
         if self.shift:
             self.name = "materials-shift"
+    domain = "materials"
             self.description = self.shift_description
 
     # -- families ------------------------------------------------------------------------

@@ -157,8 +157,8 @@ class RealPhotoDataset(Dataset):
     source = "photos bundled with scikit-image (skimage.data)"
     licence = "CC0 1.0 / public domain (per image: see meta['licence'])"
 
-    def __init__(self, resolution: int = 64, forward_model: ForwardModel | str | None = None):
-        super().__init__(resolution, forward_model)
+    def __init__(self, resolution: int = 64, forward_model: ForwardModel | str | None = None, seed: int = 0):
+        super().__init__(resolution, forward_model)  # seed: the crops are fixed, any seed gives them
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -198,6 +198,7 @@ class RealMaterials(RealPhotoDataset):
     """Real material photos (scikit-image: brick, grass, gravel, coffee wood/glaze, cat fur), no ground truth."""
 
     name = "real-materials"
+    domain = "materials"
     crops = MATERIAL_CROPS
     description = (f"{len(MATERIAL_CROPS)} crops of CC0 texture photos bundled in scikit-image (brick, grass, gravel "
                    "x4 each, coffee table wood x5 + saucer, cat fur x3); sRGB display, no ground truth")
@@ -207,6 +208,7 @@ class RealFaces(RealPhotoDataset):
     """Real face photos (scikit-image: astronaut, camera), no ground truth."""
 
     name = "real-faces"
+    domain = "faces"
     crops = FACE_CROPS
     description = (f"{len(FACE_CROPS)} face crops of public-domain / CC0 photos bundled in scikit-image "
                    "(astronaut x2, cameraman); sRGB display, no ground truth")

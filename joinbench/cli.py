@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .errors import JoinbenchError, did_you_mean
+from .env import command_line
+from .errors import Interrupted, JoinbenchError, did_you_mean
 from .gan.cli import priors_app, train_app
 from .registry import REGISTRIES
 
@@ -46,6 +46,8 @@ def list_cmd(kind: str = typer.Argument(..., help="methods | datasets | metrics 
 
             m = create_metric(name)
             extra = f"[{'higher' if m.higher_is_better else 'lower'} is better, {m.space}] "
+        elif kind == "methods":  # every method class declares its kind (joinbench.method.METHOD_KINDS)
+            extra = f"[{REGISTRIES[kind].get(name)[0].factory.kind}] "
         typer.echo(f"{name.ljust(width)}  {extra}{desc}")
 
 
@@ -70,7 +72,8 @@ def run_cmd(
     Example: joinbench run --method color-retinex --dataset materials
     """
     from .method import parse_set_options
-    from .runner import RunSettings, run_benchmark
+    from .plan import RunSettings
+    from .runner import run_benchmark
 
     metric_list = None if metrics == "default" else (() if metrics == "none" else tuple(m.strip() for m in metrics.split(",") if m.strip()))
     if metric_list == () and metrics != "none":
@@ -78,11 +81,10 @@ def run_cmd(
                              "'default', or 'none' to score later.")
     if grid_images < 0:
         raise JoinbenchError(f"--grid-images must be 0 or more, got {grid_images}.")
-    os.environ.setdefault("JOINBENCH_COMMAND", "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     settings = RunSettings(method=method, dataset=dataset, limit=limit, batch_size=batch_size, device=device,
                            resolution=resolution, seed=seed, out=out, overrides=parse_set_options(set_),
                            metrics=metric_list, save_predictions=save_predictions, grid_images=grid_images,
-                           progress=not quiet)
+                           progress=not quiet, command=command_line())
     run_dir = run_benchmark(settings)
     typer.echo((run_dir / "table.md").read_text())
     typer.echo(f"run folder: {run_dir}")
@@ -111,7 +113,7 @@ def report_cmd(
     from .report import render_report
 
     out = _file_out(out)
-    text = render_report(list(runs), format, title, command="joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    text = render_report(list(runs), format, title, command=command_line())
     if out:
         write_atomic(out, text)
         typer.echo(f"wrote {out}")
@@ -131,13 +133,13 @@ def datasets_preview(
 
     Example: joinbench datasets preview materials --n 16 --out materials.png
     """
-    from .runner import create_dataset_for_run
+    from .plan import open_dataset
     from .viz import dataset_rows, grid_image, save_image_atomic
 
     if n < 1:
         raise JoinbenchError(f"--n must be at least 1, got {n}.")
     out = _file_out(out, "preview.png")
-    ds = create_dataset_for_run(name, resolution, seed)
+    ds = open_dataset(name, resolution, seed)
     rows, labels = dataset_rows(ds, n)
     path = out or Path(f"{name.replace(':', '_').replace('/', '_')}-preview.png")
     save_image_atomic(grid_image(rows, labels, cell=max(64, resolution)), path)
@@ -150,9 +152,9 @@ def datasets_info(name: str = typer.Argument(...), resolution: int = typer.Optio
 
     Example: joinbench datasets info materials-shift
     """
-    from .runner import create_dataset_for_run
+    from .plan import open_dataset
 
-    ds = create_dataset_for_run(name, resolution, 0)
+    ds = open_dataset(name, resolution, 0)
     for k, v in ds.info().items():
         typer.echo(f"{k}: {v}")
 
@@ -171,13 +173,13 @@ def datasets_export(
     Example: joinbench datasets export materials --split test --out exported/materials
     """
     from .export import export_dataset
-    from .runner import create_dataset_for_run
+    from .plan import open_dataset
 
     if split != "test":
         raise JoinbenchError(f"Only the test split can be exported (got --split {split!r}); training data is an infinite procedural stream.")
     if limit is not None and limit < 1:
         raise JoinbenchError(f"--limit must be at least 1, got {limit} (leave it out for the whole split).")
-    ds = create_dataset_for_run(name, resolution, seed)
+    ds = open_dataset(name, resolution, seed)
     path = export_dataset(ds, out, limit)
     n = len(ds) if limit is None else min(limit, len(ds))
     typer.echo(f"exported {n} samples of {name} to {path}")
@@ -199,7 +201,7 @@ def weights_lpips(path: Optional[Path] = typer.Option(None, "--path", help="expl
 from .relight import relight_cmd; app.command("relight")(relight_cmd)  # noqa: E402,E702
 from .timing import timing_cmd; app.command("timing")(timing_cmd)  # noqa: E402,E702
 from .profile import profile_cmd; app.command("profile")(profile_cmd)  # noqa: E402,E702
-from .suite import ablate_cmd, compare_cmd; app.command("ablate")(ablate_cmd); app.command("compare")(compare_cmd)  # noqa: E402,E702
+from .suite_cli import ablate_cmd, compare_cmd; app.command("ablate")(ablate_cmd); app.command("compare")(compare_cmd)  # noqa: E402,E702
 # -- end of command block ------------------------------------------------------------------
 
 
@@ -210,13 +212,24 @@ def main() -> None:
     except JoinbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo(INTERRUPTED, err=True)
+    except KeyboardInterrupt as exc:
+        typer.echo(_interrupted_line(exc), err=True)
         sys.exit(130)
     except SystemExit as exc:
         if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130: say what to do
-            typer.echo("\n" + INTERRUPTED, err=True)
+            typer.echo("\n" + _interrupted_line(exc), err=True)
         raise
+
+
+def _interrupted_line(exc: BaseException) -> str:
+    """What the interrupted work said it kept (a run names its folder: :class:`Interrupted`,
+    found in the chain typer wraps around it), else the generic line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Interrupted) and seen.args:
+            return str(seen.args[0])
+        seen = seen.__cause__ or seen.__context__
+    return INTERRUPTED
 
 
 INTERRUPTED = ("interrupted: finished work is kept; rerun the same command (same --out) to resume "

@@ -37,10 +37,43 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def physical_cores() -> int | None:
+    """Physical CPU cores (distinct (package, core) pairs in /proc/cpuinfo); None where unknown."""
+    try:
+        pairs, package = set(), "0"
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                package = value.strip()
+            elif key.strip() == "core id":
+                pairs.add((package, value.strip()))
+        return len(pairs) or None
+    except OSError:
+        return None
+
+
 def device_name(device: torch.device) -> str:
+    """The device as reports name it. A CPU: physical cores, logical CPUs (hardware threads), the
+    ones this process may use (affinity, e.g. a container's limit) when fewer, and the intra-op
+    threads torch computes with -- the number that matters for speed."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    logical = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    cores = physical_cores()
+    parts = [platform.processor() or platform.machine()]
+    if cores and cores != logical:
+        parts.append(f"{_plural(cores, 'core')}, {_plural(logical, 'logical CPU')}")
+    else:
+        parts.append(_plural(cores or logical, "core"))
+    if usable != logical:
+        parts.append(f"{usable} usable")
+    parts.append(f"torch {_plural(torch.get_num_threads(), 'thread')}")
+    return f"cpu ({', '.join(parts)})"
 
 
 def synchronize(device: torch.device) -> None:
@@ -57,19 +90,29 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The commit of the joinbench checkout (with '+dirty' when there are local changes)."""
+    """The commit of the joinbench checkout; with local changes to tracked files
+    ``<sha>+dirty.<hash>``, where ``<hash>`` is the first 12 hex digits of the sha256 of
+    ``git diff HEAD`` (reports/ excluded: committed reports being regenerated do not make the code
+    that produces them dirty). So a result made from an uncommitted tree -- a run, a shipped
+    weights sidecar -- names exactly which changes it came from, and two different uncommitted
+    trees never share a commit string (nor, through it, a suite's reuse key)."""
     cwd = cwd or Path(__file__).resolve().parent
+    git = lambda *args: subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=10).stdout
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = git("rev-parse", "HEAD").decode().strip()
         if not sha:
             return "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=5).stdout.splitlines()
-        # Committed reports being regenerated do not make the code that produces them dirty.
-        dirty = [line for line in status if not line[3:].startswith("reports/")]
-        return sha + ("+dirty" if dirty else "")
+        diff = git("diff", "HEAD", "--binary", "--", ":(top)", ":(top,exclude)reports")
+        return sha + (f"+dirty.{hashlib.sha256(diff).hexdigest()[:12]}" if diff else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def command_line() -> str:
+    """The command as typed (``joinbench ...``), recorded with what it makes (summary.json, reports)."""
+    import shlex
+
+    return "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def versions() -> dict[str, str]:

@@ -33,6 +33,10 @@ class UnknownNameError(JoinbenchError, KeyError):
         return self.args[0]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a one-line message saying what was kept and how to resume (the CLI prints it)."""
+
+
 class ImageError(JoinbenchError):
     """An image file that cannot be read or is unsuitable (size, depth, channels)."""
 

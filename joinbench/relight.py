@@ -12,9 +12,11 @@ The output is a strip per new lighting: input | albedo | new shading | relit ima
 decomposition keeps the material (albedo) and changes only the light: relighting an image
 with its own shading gives back its re-rendering (tested).
 
-Any registered method can decompose (``--method``, default ``join``); random shading needs
-a GAN bank: the method's own (``prior``, ``priors_path``, ``joint_prior`` settings of the
-JoIN methods), else the shipped bank of the dataset's domain (``materials`` for files).
+Any registered method can decompose (``--method``, default ``join``), built by the planner
+(:func:`joinbench.plan.prepare_method`: the weights of the dataset's domain or of ``--prior``,
+the device's settings). Random shading needs a GAN bank: the one the method inverts
+(:meth:`~joinbench.methods.join.JoinStage1.prior_source`), else the shipped bank of the
+dataset's domain (``materials`` for files).
 """
 from __future__ import annotations
 
@@ -60,11 +62,9 @@ def prior_samples(method, n: int, seed: int = 0, psi: float = 0.7, size: int | N
     from one sample."""
     from .gan.bank import PriorError, load_bank
 
-    cfg = getattr(method, "config", None)
-    dataset = prior or getattr(cfg, "prior", None) or "materials"
-    path = getattr(cfg, "priors_path", None)
-    path = None if path in (None, "", "none", "None") else path
-    joint = bool(getattr(cfg, "joint_prior", False))
+    own = method.prior_source() or {}
+    dataset = prior or own.get("domain") or "materials"
+    path, joint = own.get("path"), bool(own.get("joint", False))
     fm = method.forward_model
     comps = ("shading", "specular") if fm.use_specular else ("shading",)
     try:
@@ -123,9 +123,9 @@ def _load_input(path: Path | None, dataset: str | None, index: int | None, resol
     if path is not None:
         img, _ = read_image(path)
         return to_resolution(img, resolution)
-    from .runner import create_dataset_for_run
+    from .plan import open_dataset
 
-    ds = create_dataset_for_run(dataset, resolution, 0)
+    ds = open_dataset(dataset, resolution, 0)
     if not 0 <= index < len(ds):
         raise JoinbenchError(f"{what} {index} is out of range: {dataset} has test images 0..{len(ds) - 1}.")
     img = ds[index].image
@@ -154,9 +154,11 @@ def relight_cmd(
 
     Example: joinbench relight photo.png --shading-from other.png --out relit.png
     """
+    from joinbench.datasets.base import known_domains
+
     from .env import resolve_device
-    from .method import DOMAINS, dataset_domain, parse_set_options
-    from .registry import create_method
+    from .method import parse_set_options
+    from .plan import open_dataset, prepare_method
     from .viz import grid_image, save_image_atomic
 
     if (image is None) == (dataset is None):
@@ -176,20 +178,23 @@ def relight_cmd(
     from joinbench.datasets.base import check_resolution
 
     check_resolution(resolution)
-    if prior is not None and prior not in DOMAINS:
-        raise JoinbenchError(f"Unknown --prior {prior!r}.{did_you_mean(prior, DOMAINS)} Use one of {', '.join(DOMAINS)}.")
+    domains = known_domains()
+    if prior is not None and prior not in domains:
+        raise JoinbenchError(f"Unknown --prior {prior!r}.{did_you_mean(prior, domains)} Use one of {', '.join(domains)}.")
     overrides = parse_set_options(set_)
     img = _load_input(image, dataset, index, resolution, "--index")
     src = None
     if shading_from is not None or shading_index is not None:
         src = _load_input(shading_from, dataset if shading_from is None else None, shading_index, resolution, "--shading-index")
-    domain = prior or (dataset_domain(dataset) if dataset is not None else None)
-    m = create_method(method, **overrides)
-    if prior is not None and hasattr(getattr(m, "config", None), "prior") and "prior" not in overrides:
-        m = create_method(method, **{**overrides, "prior": prior})  # JoIN inverts that domain's bank
-    elif dataset is not None and hasattr(m, "bind_dataset"):  # JoIN: the bank of the dataset's domain
-        m.bind_dataset(dataset, set(overrides))
-    m.to(resolve_device(device))
+    ds = open_dataset(dataset, resolution, 0) if dataset is not None else None
+    domain = prior or (ds.domain if ds is not None else None)
+    dev = resolve_device(device)
+    m, notes = prepare_method(method, overrides, ds, dev)
+    if prior is not None:
+        m.use_domain(prior)  # e.g. JoIN inverts that domain's bank, unless --set chose one
+    for note in notes:
+        typer.echo(note)
+    m.to(dev)
     result = relight(m, img, shading_from=src, random_shading=random_shading, seed=seed, psi=psi,
                      keep_specular=keep_specular, prior=domain)
     labels = ["input", "albedo", "new shading", "relit"]

@@ -2,14 +2,14 @@
 batch size, and how far the arithmetic is from what the hardware can do.
 
 For every method and batch size the same test images are decomposed batch after batch.
-Each batch is timed like :mod:`joinbench.runner` times it: the device is synchronised
-before and after ``decompose`` (CUDA kernels run asynchronously, so the clock would stop
-before the work is done), and ``decompose`` runs under ``torch.inference_mode`` unless
-the method optimises (``needs_grad``). The first ``warmup`` batches at every batch size
-are run but not counted: they pay for lazy set-up (loading weights, GAN-bank statistics,
-LPIPS), allocator growth and kernel selection, which a long benchmark run pays once.
-Seconds per image are batch seconds / batch size; mean, median and p95 are taken over the
-counted batches (every batch is full: images cycle through the test split when a batch
+Methods are built by the planner (:func:`joinbench.plan.prepare_method`: the dataset's domain
+weights, the device's settings) and every batch is timed by the runner's own
+:func:`joinbench.runner.timed_decompose` (the device synchronised around ``decompose``,
+inference mode unless the method optimises). The first ``warmup`` batches at every batch
+size are run but not counted: they pay for lazy set-up (loading weights, GAN-bank
+statistics, LPIPS), allocator growth and kernel selection, which a long benchmark run pays
+once. Seconds per image are batch seconds / batch size; mean, median and p95 are taken over
+the counted batches (every batch is full: images cycle through the test split when a batch
 needs more than the split holds, which changes nothing for timing).
 
 Inversion methods optimise for ``steps`` iterations per image (1000 for JoIN), minutes per
@@ -17,18 +17,11 @@ batch on a CPU; on a CPU every config field named ``steps`` or ``*_steps`` is ca
 ``CPU_MAX_STEPS`` unless set with ``--set`` (``--max-steps`` chooses the cap, 0 removes
 it). The stage breakdown reports seconds per step, which do not depend on the cap.
 
-FLOPs are counted with the formulas of :mod:`torch.utils.flop_counter` (what
-``FlopCounterMode`` counts; see :func:`count_flops` for why not that class itself) over
-one whole ``decompose`` at the smallest batch size. They cover matrix products and
-convolutions (forward and backward), not element-wise work nor work outside torch
-(NumPy/SciPy), so the count and the achieved FLOP/s are lower bounds. Counting an inversion at 1000 steps would repeat the same step 1000 times,
-so methods with step fields are counted at 1 step and at 2 steps per field, and the total
-at the configured steps is extrapolated (FLOPs are linear in each step count: the loop
-runs the same operations every step; tested against a direct count). Achieved FLOP/s =
-FLOPs per image / mean seconds per image. The device's peak is taken from a small table of
-datasheet figures (dense, no sparsity) matched on the device name, and on every device a
-float32 matmul is timed for ``peak_seconds`` as a "measured matmul peak" (the only peak
-on a CPU).
+FLOPs and peaks: :mod:`joinbench.flops`. The JoIN / feed-forward ratio takes the first
+``optimisation`` and the first ``feed-forward`` method of ``--methods`` (their declared
+:attr:`~joinbench.method.Method.kind`). Speed figures mean nothing on a busy machine, so the
+load during the measurement is recorded and the report warns when the load average exceeded
+the cores in use or other processes took a share of the CPU (:class:`MachineLoad`).
 
 Outputs (written atomically into ``--out``): ``timing.json`` (everything, including every
 batch's seconds and stage timings), ``timing.md`` (how the numbers were made and tables)
@@ -39,36 +32,29 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 import typer
 
-from .env import device_name, git_commit, peak_memory_mb, resolve_device, synchronize, versions, write_atomic, write_json
+from .env import command_line, device_name, git_commit, peak_memory_mb, resolve_device, versions, write_atomic, write_json
 from .errors import JoinbenchError, did_you_mean
+from .flops import add_flop_rates, device_peak, measure_matmul_peak, method_flops, step_fields
+from .plan import open_dataset, prepare_method, slug
 from .registry import DATASETS, METHODS, create_method
-from .runner import create_dataset_for_run
-from .types import Batch, Decomposition
+from .runner import timed_decompose
+from .types import Batch
 
 CPU_MAX_STEPS = 10  # default cap of step fields on a CPU (per-step times do not depend on it)
 GLOBAL = "*"  # key of settings that apply to every method that has the field
-
-# Datasheet peaks in TFLOP/s, dense (no structured sparsity). First match on the device name
-# wins, so the more specific names come first.
-DEVICE_PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
-    ("h100 pcie", "NVIDIA H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
-    ("h100 nvl", "NVIDIA H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0}),
-    ("h200 nvl", "NVIDIA H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0}),
-    ("h100", "NVIDIA H100 SXM", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
-    ("h200", "NVIDIA H200 SXM", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
-    ("a100", "NVIDIA A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
-)
+BUSY_OTHERS_SHARE = 0.1  # other processes' share of the machine's CPU time above which timing warns
 
 
 @dataclass
@@ -135,19 +121,6 @@ def _has_field(config: Any, key: str) -> bool:
     return _has_field(getattr(config, head), rest) if dot else True
 
 
-def step_fields(config: Any, prefix: str = "") -> dict[str, int]:
-    """Dotted names and values of the int fields called ``steps`` or ``*_steps`` of a
-    (possibly nested) dataclass config: the optimisation loops whose length the cap and
-    the FLOP extrapolation change."""
-    found: dict[str, int] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            found.update(step_fields(value, f"{prefix}{f.name}."))
-        elif (f.name == "steps" or f.name.endswith("_steps")) and isinstance(value, int) and not isinstance(value, bool):
-            found[prefix + f.name] = value
-    return found
-
 
 def resolve_overrides(cfg: TimingConfig, device: torch.device) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
     """Per method: the overrides to create it with (global settings it has, its own, and
@@ -206,99 +179,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------
-# FLOPs and peaks
-# ---------------------------------------------------------------------------------------
-def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
-    """FLOPs of ``fn()`` by the formulas of torch.utils.flop_counter (``flop_registry``:
-    matrix products, convolutions and attention, forward and backward): the total and the
-    count per aten op.
-
-    This is FlopCounterMode's counting without its per-module attribution: that attribution
-    (ModuleTracker) registers autograd hooks on module inputs and, in torch 2.14, raises
-    "Expected gradient function to be set" on the no-grad render at the end of JoIN's
-    inversion loop. Totals are the same (tested against FlopCounterMode on the U-Net).
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
-
-    counts: dict[Any, int] = {}
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            packet = func._overloadpacket
-            if packet not in flop_registry:
-                with self:  # an op without a formula may decompose into ops with one (as FlopCounterMode does)
-                    r = func.decompose(*args, **kwargs)
-                if r is not NotImplemented:
-                    return r
-                return func(*args, **kwargs)
-            out = func(*args, **kwargs)
-            counts[packet] = counts.get(packet, 0) + int(flop_registry[packet](*args, **kwargs, out_val=out))
-            return out
-
-    with _Count():
-        fn()
-    per_op = {str(op).split(".")[-1]: n for op, n in counts.items()}
-    return sum(counts.values()), per_op
-
-
-def device_peak(name: str) -> dict[str, Any] | None:
-    """Datasheet peaks (TFLOP/s, dense) of a known accelerator, matched on its name; None otherwise."""
-    low = name.lower()
-    for pattern, label, peaks in DEVICE_PEAKS:
-        if pattern in low:
-            return {"name": label, "tflops": dict(peaks),
-                    "source": "vendor datasheet, dense (no sparsity); fp32 = non-tensor-core"}
-    return None
-
-
-def measure_matmul_peak(device: torch.device, seconds: float = 1.0) -> dict[str, Any]:
-    """TFLOP/s of back-to-back float32 square matmuls for about ``seconds``: what torch
-    attains on this device for the easiest workload there is (on a CPU, with the threads
-    the methods use). On CUDA, TF32 is used only if torch.backends.cuda.matmul.allow_tf32."""
-    n = 4096 if device.type == "cuda" else 512
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    c = torch.empty(n, n, device=device)
-    torch.mm(a, b, out=c)  # warm-up
-    synchronize(device)
-    reps, elapsed = 0, 0.0
-    t0 = time.perf_counter()
-    while elapsed < seconds or reps < 3:
-        chunk = max(1, reps)  # double the work between clock reads (each read syncs)
-        for _ in range(chunk):
-            torch.mm(a, b, out=c)
-        synchronize(device)
-        reps += chunk
-        elapsed = time.perf_counter() - t0
-    tflops = 2.0 * n**3 * reps / elapsed / 1e12
-    return {"label": "measured matmul peak", "tflops": tflops, "dtype": "float32", "n": n, "reps": reps,
-            "seconds": elapsed,
-            "tf32": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)}
-
-
-# ---------------------------------------------------------------------------------------
 # running methods
 # ---------------------------------------------------------------------------------------
-def build_method(name: str, overrides: dict[str, Any], dataset, device: torch.device):
-    """A method on ``device`` bound to ``dataset`` (JoIN and the U-Net pick the dataset's
-    weights unless set), as the runner builds it."""
-    method = create_method(name, **overrides)
-    if hasattr(method, "bind_dataset"):
-        method.bind_dataset(dataset, set(overrides))
-    return method.to(device)
-
-
-def decompose(method, images: torch.Tensor, ids: list[str]) -> Decomposition:
-    """One ``decompose`` as the runner calls it (inference mode unless the method optimises)."""
-    with torch.inference_mode(mode=not getattr(method, "needs_grad", False)):
-        if hasattr(method, "decompose_batch"):
-            return method.decompose_batch(Batch(ids=list(ids), image=images))
-        return method.decompose(images)
-
-
 class _ImagePool:
     """The first test images on the device; batch ``k`` of size ``b`` takes the next ``b``
     images, cycling, so every batch is full and consecutive batches differ."""
@@ -313,9 +195,9 @@ class _ImagePool:
                                  "needs batches of one size (use a procedural dataset or images of one size).") from None
         self.ids = [s.id for s in samples]
 
-    def batch(self, k: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    def batch(self, k: int, size: int) -> Batch:
         idx = [(k * size + j) % len(self.ids) for j in range(size)]
-        return self.images[idx], [self.ids[i] for i in idx]
+        return Batch(ids=[self.ids[i] for i in idx], image=self.images[idx])
 
 
 def _batches_for(cfg: TimingConfig, size: int) -> int:
@@ -347,50 +229,6 @@ def _stages(timed: list[dict[str, Any]], size: int, per_image_mean: float) -> di
     return out
 
 
-def _time_batch(method, images, ids, device) -> tuple[float, Decomposition]:
-    synchronize(device)
-    t0 = time.perf_counter()
-    dec = decompose(method, images, ids)
-    synchronize(device)
-    return time.perf_counter() - t0, dec
-
-
-def method_flops(name: str, overrides: dict[str, Any], method, dataset, pool: _ImagePool, size: int,
-                 device: torch.device) -> dict[str, Any]:
-    """FLOPs per image of one ``decompose`` of ``size`` images with ``method`` (already warm).
-
-    For a method with step fields, fresh instances with every step field at 1, and one
-    field at a time at 2, are counted (each after one uncounted warm-up call, which does the
-    set-up) and the count at the configured steps is extrapolated: base + sum over fields of
-    (steps - 1) x (count at 2 - count at 1).
-    """
-    images, ids = pool.batch(0, size)
-    fields = step_fields(method.config)
-    if not fields:
-        total, per_op = count_flops(lambda: decompose(method, images, ids))
-        return {"flops_per_image": total / size, "per_op_per_image": {k: v / size for k, v in per_op.items()},
-                "counted_batch_size": size, "how": "counted over one decompose"}
-
-    def counted(extra: dict[str, int]) -> tuple[int, dict[str, int]]:
-        m = build_method(name, {**overrides, **extra}, dataset, device)
-        decompose(m, images, ids)  # set-up (bank statistics, LPIPS) happens here, uncounted
-        return count_flops(lambda: decompose(m, images, ids))
-
-    ones = {k: 1 for k in fields}
-    base, base_ops = counted(ones)
-    per_step, total = {}, float(base)
-    ops = {k: float(v) for k, v in base_ops.items()}
-    for key, steps in fields.items():
-        at2, ops2 = counted({**ones, key: 2})
-        delta = at2 - base
-        per_step[key] = {"steps": steps, "flops_per_step_per_image": delta / size}
-        total += (steps - 1) * delta
-        for op in set(ops) | set(ops2):
-            ops[op] = ops.get(op, 0.0) + (steps - 1) * (ops2.get(op, 0) - base_ops.get(op, 0))
-    return {"flops_per_image": total / size, "per_op_per_image": {k: v / size for k, v in ops.items()},
-            "counted_batch_size": size, "base_flops_per_image": base / size, "step_fields": per_step,
-            "how": "extrapolated: counted at 1 step and at 2 steps per step field, linear in steps"}
-
 
 def _free(device: torch.device) -> None:
     import gc
@@ -398,6 +236,54 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+
+class MachineLoad:
+    """How busy the machine was while timing ran: the 1-minute load average at the end
+    against the cores the measurement used (torch's threads on a CPU, one on a GPU), and the
+    share of the machine's CPU time that other processes took (Linux ``/proc/stat`` minus this
+    process's own CPU time). Either above its threshold makes the speed figures unreliable."""
+
+    def __init__(self, device: torch.device):
+        self.cores_in_use = torch.get_num_threads() if device.type == "cpu" else 1
+        self.t0, self.cpu0, self.busy0 = time.perf_counter(), time.process_time(), self._machine_busy()
+
+    @staticmethod
+    def _machine_busy() -> tuple[float, float] | None:
+        """(busy, total) CPU seconds of the whole machine since boot, or None off Linux."""
+        try:
+            fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+    def report(self) -> dict[str, Any]:
+        wall, own = time.perf_counter() - self.t0, time.process_time() - self.cpu0
+        out: dict[str, Any] = {"cores_in_use": self.cores_in_use, "logical_cpus": os.cpu_count(),
+                               "load_average_1min": os.getloadavg()[0] if sys.platform != "win32" else None,
+                               "wall_seconds": wall, "own_cpu_seconds": own, "others_cpu_share": None}
+        end = self._machine_busy()
+        if self.busy0 is not None and end is not None and end[1] > self.busy0[1]:
+            busy, total = end[0] - self.busy0[0], end[1] - self.busy0[1]
+            out["others_cpu_share"] = max(0.0, busy - own) / total
+        reasons = []
+        if out["load_average_1min"] is not None and out["load_average_1min"] > self.cores_in_use:
+            reasons.append(f"load average {out['load_average_1min']:.2f} above the {self.cores_in_use} core(s) in use")
+        if out["others_cpu_share"] is not None and out["others_cpu_share"] > BUSY_OTHERS_SHARE:
+            reasons.append(f"other processes took {100 * out['others_cpu_share']:.0f}% of the machine's CPU time")
+        out["busy"] = bool(reasons)
+        out["warning"] = ("The machine was busy during this measurement (" + "; ".join(reasons) + "): the speed figures "
+                          "are not this machine's, rerun it on an idle machine.") if reasons else None
+        return out
+
+
+def _build(name: str, overrides: dict[str, Any], dataset, device: torch.device):
+    """A method as a run builds it (the planner), loaded on ``device``; and the planner's notes."""
+    method, notes = prepare_method(name, overrides, dataset, device)
+    return method.to(device), notes
 
 
 # ---------------------------------------------------------------------------------------
@@ -411,20 +297,23 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
     _check(cfg)
     device = resolve_device(cfg.device)
     overrides, capped = resolve_overrides(cfg, device)
-    dataset = create_dataset_for_run(cfg.dataset, cfg.resolution, cfg.seed)
+    dataset = open_dataset(cfg.dataset, cfg.resolution, cfg.seed)
     out = Path(cfg.out) if cfg.out else Path("runs") / (
-        f"timing-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cfg.dataset)[:60])
+        f"timing-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{slug(cfg.dataset)}")
     if out.exists() and not out.is_dir():
         raise JoinbenchError(f"--out {out} is a file; give a folder for the timing report.")
     sizes = tuple(sorted(set(cfg.batch_sizes)))
     pool = _ImagePool(dataset, max(b * (cfg.warmup + _batches_for(cfg, b)) for b in sizes), device)
     total_batches = len(cfg.methods) * sum(cfg.warmup + _batches_for(cfg, b) for b in sizes)
+    load = MachineLoad(device)
     bar = tqdm(total=total_batches, unit="batch", desc="timing", disable=not cfg.progress, dynamic_ncols=True)
     results: list[dict[str, Any]] = []
     methods: dict[str, dict[str, Any]] = {}
     for name in cfg.methods:
         bar.set_description(f"timing {name}")
-        method = build_method(name, overrides[name], dataset, device)
+        method, notes = _build(name, overrides[name], dataset, device)
+        for note in notes:
+            bar.write(note)
         setup: dict[str, float] = {}
         for size in sizes:
             if device.type == "cuda":
@@ -433,12 +322,11 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
             n_timed = _batches_for(cfg, size)
             for k in range(cfg.warmup + n_timed):
                 bar.set_postfix_str(f"batch size {size}")
-                images, ids = pool.batch(k, size)
-                seconds, dec = _time_batch(method, images, ids, device)
+                seconds, dec = timed_decompose(method, pool.batch(k, size), device)
                 timings = {kk: float(v) for kk, v in dec.timings.items()}
                 setup.update({kk: v for kk, v in timings.items() if kk.endswith("_setup")})
                 batches.append({"seconds": seconds, "images": size, "warmup": k < cfg.warmup, "timings": timings,
-                                "failed": sum(e is not None for e in (dec.errors or []))})
+                                "failed": sum(e is not None for e in dec.errors)})
                 del dec
                 bar.update(1)
             timed = [b for b in batches if not b["warmup"]]
@@ -449,19 +337,22 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
             row["stages"] = _stages(timed, size, row["seconds_per_image_mean"])
             row["batches"] = batches
             results.append(row)
-        info = {"kind": "inversion" if getattr(method, "needs_grad", False) or step_fields(method.config) else "single pass",
-                "config": method.describe().get("config", {}), "overrides": {k: v for k, v in overrides[name].items()},
+        info = {"kind": method.kind, "config": method.describe().get("config", {}),
+                "overrides": {k: v for k, v in overrides[name].items()}, "notes": notes,
                 "capped_steps": {k: {"from": v, "to": overrides[name][k]} for k, v in capped[name].items()},
                 "setup_seconds": setup}
         if cfg.count_flops:
             bar.set_postfix_str("counting FLOPs")
-            info["flops"] = method_flops(name, overrides[name], method, dataset, pool, sizes[0], device)
+            counted = pool.batch(0, sizes[0])
+            info["flops"] = method_flops(
+                method, lambda extra: _build(name, {**overrides[name], **extra}, dataset, device)[0],
+                lambda m: timed_decompose(m, counted, device), sizes[0])
         methods[name] = info
         del method
         _free(device)
     bar.close()
     peak = {"measured": measure_matmul_peak(device, cfg.peak_seconds), "spec": device_peak(device_name(device))}
-    _add_flop_rates(results, methods, peak)
+    add_flop_rates(results, methods, peak)
     report = {
         "config": _config_json(cfg, sizes),
         "environment": {
@@ -472,6 +363,7 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "peak_memory": ("torch.cuda.max_memory_allocated, reset per batch size" if device.type == "cuda" else
                             "peak resident set size of the process so far (cumulative over the run, not per row)"),
+            "machine_load": load.report(),
         },
         "dataset": {"name": cfg.dataset, "resolution": cfg.resolution, "size": len(dataset),
                     "images_in_pool": len(pool.ids)},
@@ -490,30 +382,14 @@ def run_timing(cfg: TimingConfig) -> dict[str, Any]:
     return report
 
 
-def _add_flop_rates(results: list[dict[str, Any]], methods: dict[str, dict[str, Any]], peak: dict[str, Any]) -> None:
-    measured = peak["measured"]["tflops"] * 1e12
-    spec = (peak.get("spec") or {}).get("tflops", {})
-    for row in results:
-        flops = methods[row["method"]].get("flops")
-        if not flops:
-            continue
-        rate = flops["flops_per_image"] / row["seconds_per_image_mean"]
-        row["achieved_flops_per_second"] = rate
-        row["percent_of_measured_peak"] = 100.0 * rate / measured if measured > 0 else None
-        for dtype in ("fp32", "bf16"):
-            if dtype in spec:
-                row[f"percent_of_{dtype}_peak"] = 100.0 * rate / (spec[dtype] * 1e12)
-
-
 def ratios(results: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """JoIN / feed-forward seconds per image at each batch size (JoIN: ``join``, else
-    ``join-s1``, else the first ``join*`` method; feed-forward: ``unet``, else the first
-    ``unet*``), and per method the images/s at the largest batch size over those at batch
-    size 1 (else the smallest) -- the speed-up of batched over sequential processing."""
+    """Optimisation / feed-forward seconds per image at each batch size (the first method of
+    each declared kind in --methods order, e.g. JoIN / U-Net), and per method the images/s at
+    the largest batch size over those at batch size 1 (else the smallest) -- the speed-up of
+    batched over sequential processing."""
     names = list(methods)
-    pick = lambda exact, prefix: next((n for n in exact if n in names), None) or next(
-        (n for n in names if n.startswith(prefix)), None)
-    join, ff = pick(("join", "join-s1"), "join"), pick(("unet",), "unet")
+    first = lambda kind: next((n for n in names if methods[n]["kind"] == kind), None)
+    join, ff = first("optimisation"), first("feed-forward")
     by = {(r["method"], r["batch_size"]): r for r in results}
     out: dict[str, Any] = {}
     if join and ff:
@@ -521,7 +397,7 @@ def ratios(results: list[dict[str, Any]], methods: dict[str, dict[str, Any]]) ->
         for (m, b), r in by.items():
             if m == join and (ff, b) in by:
                 per_bs[str(b)] = r["seconds_per_image_mean"] / by[(ff, b)]["seconds_per_image_mean"]
-        out["join_vs_feedforward"] = {"numerator": join, "denominator": ff,
+        out["optimisation_vs_feedforward"] = {"numerator": join, "denominator": ff,
                                       "seconds_per_image_ratio": dict(sorted(per_bs.items(), key=lambda kv: int(kv[0])))}
     speedups = {}
     for m in names:
@@ -545,8 +421,6 @@ def _config_json(cfg: TimingConfig, sizes: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _command(cfg: TimingConfig) -> str:
-    # Not $JOINBENCH_COMMAND: `joinbench run` sets it for its own process, and in a
-    # process that ran one before, it would name that run.
     if cfg.command:
         return cfg.command
     parts = ["joinbench", "timing", "--dataset", cfg.dataset, "--methods", ",".join(cfg.methods),
@@ -560,7 +434,6 @@ def _command(cfg: TimingConfig) -> str:
     if cfg.out:
         parts += ["--out", str(cfg.out)]
     return " ".join(shlex.quote(p) for p in parts)
-
 
 # ---------------------------------------------------------------------------------------
 # Markdown and plot
@@ -594,7 +467,19 @@ def timing_markdown(report: dict[str, Any]) -> str:
              f"- per method and batch size: {cfg['warmup']} warm-up batch(es) not counted, then enough batches for "
              f"{cfg['images']} images (at least one); the device is synchronised around every `decompose`; "
              f"test images of {ds['name']} (first {ds['images_in_pool']}, cycled)",
-             f"- peak memory: {env['peak_memory']}", ""]
+             f"- peak memory: {env['peak_memory']}"]
+    load = env.get("machine_load") or {}
+    if load:
+        share = load.get("others_cpu_share")
+        lines.append(f"- machine load: 1-minute load average {_num(load.get('load_average_1min'))} with "
+                     f"{load['cores_in_use']} core(s) in use; other processes' share of the CPU time "
+                     + ("unknown" if share is None else f"{100 * share:.0f}%"))
+    lines.append("")
+    if load.get("warning"):
+        lines += [f"**Warning: {load['warning']}**", ""]
+    notes = [n for info in report["methods"].values() for n in info.get("notes", [])]
+    if notes:
+        lines += ["Device settings: " + "; ".join(notes) + ".", ""]
     caps = [f"{m}: " + ", ".join(f"{k} {c['from']} -> {c['to']}" for k, c in info["capped_steps"].items())
             for m, info in report["methods"].items() if info["capped_steps"]]
     if caps:
@@ -664,12 +549,12 @@ def timing_markdown(report: dict[str, Any]) -> str:
 
     rat = report["ratios"]
     lines += ["## Ratios", ""]
-    jf = rat.get("join_vs_feedforward")
+    jf = rat.get("optimisation_vs_feedforward")
     if jf:
         lines += [f"{jf['numerator']} / {jf['denominator']} seconds per image: " + ", ".join(
             f"batch {b}: {_num(v)}x" for b, v in jf["seconds_per_image_ratio"].items()) + ".", ""]
     else:
-        lines += ["JoIN / feed-forward: needs a `join*` and a `unet*` method in --methods.", ""]
+        lines += ["Optimisation / feed-forward: needs a method of each kind in --methods (e.g. join and unet).", ""]
     if rat["batched_speedup"]:
         lines.append(_table([{"method": m, "kind": s["kind"], "images/s speed-up": f"{_num(s['speedup'])}x",
                               "batch": f"{s['to_batch_size']} vs {s['from_batch_size']}"}
@@ -732,7 +617,7 @@ def timing_plot(report: dict[str, Any], width: int = 720, height: int = 440):
 
 # ---------------------------------------------------------------------------------------
 # the command
-# ---------------------------------------------------------------------------------------
+
 def timing_cmd(
     dataset: str = typer.Option("materials", "--dataset", "-d", help="registered dataset whose test images are timed"),
     methods: str = typer.Option("join-s1,unet,color-retinex", "--methods", "-m", help="comma list of registered methods"),
@@ -751,7 +636,7 @@ def timing_cmd(
 
     Per method and batch size: seconds per image (mean, median, p95 after warm-up), images/s,
     peak memory, JoIN's stage breakdown, achieved FLOP/s against the device's peak, and the
-    JoIN / feed-forward and batched / sequential ratios. Device, versions and commit are recorded.
+    optimisation / feed-forward (JoIN / U-Net) and batched / sequential ratios. Device, versions and commit are recorded.
 
     Example: joinbench timing --dataset materials --methods join-s1,unet,color-retinex --batch-sizes 1,8 --images 8
     """
@@ -760,7 +645,7 @@ def timing_cmd(
     # (e.g. typer's test runner) run_timing rebuilds an equivalent one from the config.
     prog = Path(sys.argv[0])
     typed = prog.name == "joinbench" or (prog.name == "__main__.py" and prog.parent.name == "joinbench")
-    command = "joinbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if typed else None
+    command = command_line() if typed else None
     cfg = TimingConfig(dataset=dataset, methods=method_list, batch_sizes=parse_batch_sizes(batch_sizes), device=device,
                        images=images, warmup=warmup, resolution=resolution, out=out,
                        overrides=parse_timing_sets(set_, method_list), max_steps=max_steps, count_flops=flops,
@@ -770,5 +655,5 @@ def timing_cmd(
     typer.echo(f"timing report: {report['out']}")
 
 
-__all__ = ["TimingConfig", "run_timing", "timing_cmd", "count_flops", "device_peak", "measure_matmul_peak",
-           "method_flops", "parse_timing_sets", "step_fields", "ratios", "timing_markdown", "timing_plot"]
+__all__ = ["MachineLoad", "TimingConfig", "parse_timing_sets", "ratios", "resolve_overrides", "run_timing", "timing_cmd",
+           "timing_markdown", "timing_plot"]

@@ -108,25 +108,22 @@ def test_missing_encoders_is_one_line_error(bank_dir, tmp_path):
 
 
 def test_cpu_settings_fill_only_what_the_user_left(bank_dir, capsys):
-    m = create_method("join", **quick(bank_dir, steps="3"))
-    m.bind_dataset("materials", {"pti_disc_every"})  # as the runner reports a --set key
+    cpu = torch.device("cpu")
+    m = create_method("join", **quick(bank_dir, steps="3"), pti_disc_every="1")
+    assert m.prepare(None, cpu) == {}  # all chosen by the caller
     m.to("cpu")
-    cfg = m.config
-    assert (cfg.steps, cfg.pti_steps, cfg.pti_disc_every) == (3, 3, 1)  # all chosen by the caller
-    assert "on CPU" not in capsys.readouterr().out
+    assert (m.config.steps, m.config.pti_steps, m.config.pti_disc_every) == (3, 3, 1)
     m = create_method("join", priors_path=str(bank_dir), encoders_path=str(bank_dir), steps="7")
-    m.to("cpu")
+    assert m.prepare(None, cpu) == {k: JoinFull.cpu_settings[k] for k in ("pti_steps", "pti_disc_every")}
     assert m.config.steps == 7
     assert m.config.pti_steps == JoinFull.cpu_settings["pti_steps"] < JoinFullConfig.pti_steps
     assert m.config.pti_disc_every == JoinFull.cpu_settings["pti_disc_every"]
-    out = capsys.readouterr().out
-    assert "join on CPU: --set pti_steps=" in out and "--set pti_steps=300" in out and "--set steps=" not in out.split("(")[0]
-    assert m.apply_cpu_settings() == {}  # once
-    # without PTI the PTI settings are applied (one config per device) but not announced
+    assert m.prepare(None, cpu) == {}  # once applied, nothing left to change
+    assert m.device_settings(torch.device("cuda")) == {}  # a GPU runs the defaults
+    assert capsys.readouterr().out == ""  # preparing prints nothing: the plan announces (tests/test_plan.py)
+    # without PTI the PTI settings are applied (one config per device) but are not worth announcing
     m = create_method("join-nopti", priors_path=str(bank_dir), encoders_path=str(bank_dir))
-    changes = m.apply_cpu_settings()
-    out = capsys.readouterr().out
-    assert "pti_steps" in changes and "pti_" not in out and "--set steps=" in out
+    assert "pti_steps" in m.prepare(None, cpu) and "pti_steps" in m.unused_settings() and "steps" not in m.unused_settings()
 
 
 def test_save_tuned_writes_each_images_generators(bank_dir, tmp_path):

@@ -83,9 +83,9 @@ def test_other_run_in_same_folder_is_refused(tmp_path):
 
 def test_predictions_round_trip_scores_zero_error(tmp_path):
     from joinbench.export import export_dataset
-    from joinbench.runner import create_dataset_for_run
+    from joinbench.plan import open_dataset
 
-    export_dataset(create_dataset_for_run("materials", 16, 0), tmp_path / "exp", limit=3, progress=False)
+    export_dataset(open_dataset("materials", 16, 0), tmp_path / "exp", limit=3, progress=False)
     d = _run(tmp_path, "p", method=f"predictions:{tmp_path / 'exp' / 'linear'}", dataset="materials", limit=3)
     res = json.loads((d / "summary.json").read_text())["results"]
     for comp in ("albedo", "shading", "specular"):
@@ -109,10 +109,10 @@ def test_score_later_equals_scoring_now(tmp_path):
 
 def test_missing_prediction_components_are_reported(tmp_path):
     from joinbench.export import export_dataset
-    from joinbench.runner import create_dataset_for_run
+    from joinbench.plan import open_dataset
 
     exp = tmp_path / "exp"
-    export_dataset(create_dataset_for_run("materials", 16, 0), exp, limit=2, progress=False)
+    export_dataset(open_dataset("materials", 16, 0), exp, limit=2, progress=False)
     for p in (exp / "specular").iterdir():
         p.unlink()
     (exp / "specular").rmdir()
@@ -216,10 +216,10 @@ def test_resume_adding_save_predictions_redoes_images_without_files(tmp_path):
 
 def test_rerender_needs_every_component(tmp_path):
     from joinbench.export import export_dataset
-    from joinbench.runner import create_dataset_for_run
+    from joinbench.plan import open_dataset
 
     exp = tmp_path / "exp"
-    export_dataset(create_dataset_for_run("materials", 16, 0), exp, limit=2, progress=False)
+    export_dataset(open_dataset("materials", 16, 0), exp, limit=2, progress=False)
     import shutil
 
     shutil.rmtree(exp / "shading")
@@ -309,8 +309,43 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.fail("the run finished before it could be interrupted; make it longer")
-    assert proc.returncode == 130 and "interrupted: finished work is kept; rerun the same command" in err
-    assert "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err
+    # the run's own line: how many images are kept, where, and the command that resumes it
+    assert "are finished and kept in r; rerun the same command to resume" in err and "--out r" in err, err
+
+
+def test_interrupt_names_the_folder_and_says_when_nothing_finished(tmp_path, monkeypatch):
+    """Ctrl-C inside a batch: the message names the folder and what is kept; a resumed run's
+    summary gives its cumulative wall time over every invocation as well as this one's."""
+    from joinbench.errors import Interrupted
+
+    entry, _ = METHODS.get("trivial")
+    original = entry.factory.decompose
+    calls = {"n": 0, "stop_at": 1}
+
+    def interrupted(self, images):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return original(self, images)
+
+    monkeypatch.setattr(entry.factory, "decompose", interrupted)
+    with pytest.raises(Interrupted) as first:
+        _run(tmp_path, "cc", method="trivial", dataset="materials", limit=4, batch_size=2)
+    msg = str(first.value)
+    assert "before any image finished" in msg and str(tmp_path / "cc") in msg and "nothing to resume yet" in msg
+    calls.update(n=0, stop_at=2)
+    with pytest.raises(Interrupted) as second:
+        _run(tmp_path, "cc", method="trivial", dataset="materials", limit=4, batch_size=2)
+    assert f"2 of 4 images are finished and kept in {tmp_path / 'cc'}" in str(second.value)
+    assert "joinbench run --method trivial" in str(second.value)  # the command that resumes it
+    monkeypatch.setattr(entry.factory, "decompose", original)
+    d = _run(tmp_path, "cc", method="trivial", dataset="materials", limit=4, batch_size=2)
+    timing = json.loads((d / "summary.json").read_text())["timing"]
+    ledger = json.loads((d / "invocations.json").read_text())["invocations"]
+    assert timing["invocations"] == len(ledger) == 3 and [i["images"] for i in ledger] == [0, 2, 2]
+    assert timing["wall_seconds_all_invocations"] == pytest.approx(sum(i["wall_seconds"] for i in ledger))
+    assert timing["wall_seconds_all_invocations"] > timing["wall_seconds_this_invocation"] > 0
 
 
 def test_report_marks_best_within_a_dataset_only(tmp_path):
@@ -343,10 +378,10 @@ def test_sample_ids_are_known_without_loading(tmp_path):
     """Resume skips finished images by id before loading them: sample_id must agree with
     the loaded sample for every kind of dataset."""
     from joinbench.export import export_dataset
-    from joinbench.runner import create_dataset_for_run
+    from joinbench.plan import open_dataset
 
-    export_dataset(create_dataset_for_run("faces", 16, 0), tmp_path / "f", limit=3, progress=False)
+    export_dataset(open_dataset("faces", 16, 0), tmp_path / "f", limit=3, progress=False)
     for name in ("materials-shift", "real-faces", f"folder:{tmp_path / 'f'}"):
-        ds = create_dataset_for_run(name, 16, 0)
+        ds = open_dataset(name, 16, 0)
         n = min(len(ds), 3)
         assert [ds.sample_id(i) for i in range(n)] == [ds[i].id for i in range(n)], name

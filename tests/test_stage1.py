@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from joinbench.errors import JoinbenchError
 from joinbench.gan.bank import load_bank
 from joinbench.join.losses import noise_regularisation, normalise_noise_
-from joinbench.join.regularisers import (KnnHingeRegulariser, derive_hinge_radius, hinge_value,
-                                         knn_mean_distances, knn_search)
+from joinbench.join.regularisers import KnnHingeRegulariser, derive_hinge_radius, hinge_value, knn_search
 from joinbench.join.stage1 import JointInverter, Stage1Config, lr_ramp
 from joinbench.registry import create_forward_model, create_method, list_methods
 from joinbench.runner import RunSettings, read_records, run_benchmark
@@ -105,10 +105,16 @@ def test_knn_hinge_zero_inside_positive_outside():
     assert hinge_value(inside, mu, radius=2.0).item() == 0.0
     assert hinge_value(outside, mu, radius=2.0).item() == pytest.approx(1.5 ** 2 - 1)
     assert hinge_value(outside[:, None].expand(1, 3, 8), mu[:, None].expand(1, 3, 8), radius=2.0).item() == 0.0  # W+: D=3
-    # the radius comes from the bank: r/2 is the 95th percentile of kNN-mean distances
+    # the radius comes from the bank: r/2 is the 95th percentile, over the first 400 bank
+    # latents, of the distance to the mean of their 50 nearest *other* latents -- computed here
+    # by brute force (full distance matrix, a sort, numpy's percentile), not by the code under test
     r = derive_hinge_radius(bank, k=50, percentile=95.0, samples=400)
-    frac = (knn_mean_distances(bank, k=50, samples=400) <= r / 2 + 1e-6).double().mean().item()
-    assert frac == pytest.approx(0.95, abs=0.01)
+    b = bank.double().numpy()
+    d2 = ((b[:400, None, :] - b[None, :, :]) ** 2).sum(-1)
+    d2[np.arange(400), np.arange(400)] = np.inf
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, :50]
+    dist = np.linalg.norm(b[:400] - b[nearest].mean(1), axis=1)
+    assert r / 2 == pytest.approx(float(np.percentile(dist, 95.0)), rel=1e-5)
     reg = KnnHingeRegulariser(bank, 50, 1.0, r)
     assert (reg.penalty(bank[:100]) == 0).double().mean() >= 0.9  # the prior's own samples: inside
     far = bank.mean(0, keepdim=True) + 6.0
@@ -324,14 +330,16 @@ def test_every_variant_runs_through_the_runner(priors, tmp_path, name):
     assert summary["run"]["method_config"]["steps"] == 3
 
 
-def test_runner_binds_the_dataset_domain_prior():
+def test_prepare_picks_the_dataset_domain_prior():
+    from joinbench.registry import create_dataset
+
     m = create_method("join-s1")
-    m.bind_dataset("faces-shift", set())
+    m.prepare(create_dataset("faces-shift", resolution=RES), "cpu")
     assert m.config.prior == "faces"
-    m.bind_dataset("real-materials", set())
+    m.prepare(create_dataset("real-materials", resolution=RES), "cpu")
     assert m.config.prior == "materials"
-    m = create_method("join-s1", prior="faces")
-    m.bind_dataset("materials", {"prior"})
+    m = create_method("join-s1", prior="faces")  # set by the caller: kept
+    m.prepare(create_dataset("materials", resolution=RES), "cpu")
     assert m.config.prior == "faces"
 
 

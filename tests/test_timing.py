@@ -17,8 +17,10 @@ from PIL import Image
 
 from joinbench.errors import JoinbenchError
 from joinbench.registry import create_dataset, create_method
-from joinbench.timing import (CPU_MAX_STEPS, TimingConfig, _ImagePool, count_flops, device_peak, method_flops,
-                              parse_batch_sizes, parse_timing_sets, resolve_overrides, run_timing, step_fields)
+from joinbench.flops import count_flops, device_peak, method_flops, step_fields
+from joinbench.runner import timed_decompose
+from joinbench.timing import (CPU_MAX_STEPS, MachineLoad, TimingConfig, _ImagePool, parse_batch_sizes,
+                              parse_timing_sets, resolve_overrides, run_timing)
 
 from .tiny_world import RES, export_tiny_priors
 
@@ -83,7 +85,7 @@ def test_every_method_and_batch_size_with_sane_numbers(report):
 
 def test_join_stage_breakdown_and_step_cap(report):
     info = report["methods"]["join-s1"]
-    assert info["kind"] == "inversion" and report["methods"]["unet"]["kind"] == "single pass"
+    assert info["kind"] == "optimisation" and report["methods"]["unet"]["kind"] == "feed-forward"
     assert info["capped_steps"] == {"steps": {"from": 1000, "to": 2}} and info["config"]["steps"] == 2
     assert info["setup_seconds"]["stage1_setup"] > 0  # reported once, in the first warm-up batch
     for b in SIZES:
@@ -100,14 +102,14 @@ def test_join_stage_breakdown_and_step_cap(report):
 
 def test_ratios_follow_from_the_rows(report):
     sp = {(r["method"], r["batch_size"]): r["seconds_per_image_mean"] for r in report["results"]}
-    jf = report["ratios"]["join_vs_feedforward"]
+    jf = report["ratios"]["optimisation_vs_feedforward"]
     assert (jf["numerator"], jf["denominator"]) == ("join-s1", "unet")
     assert set(jf["seconds_per_image_ratio"]) == {"1", "2"}
     for b in SIZES:
         assert jf["seconds_per_image_ratio"][str(b)] == pytest.approx(sp[("join-s1", b)] / sp[("unet", b)])
     speed = report["ratios"]["batched_speedup"]
     assert set(speed) == set(METHODS)
-    assert speed["join-s1"]["kind"] == "inversion"
+    assert speed["join-s1"]["kind"] == "optimisation" and speed["color-retinex"]["kind"] == "classical"
     for m in METHODS:
         assert (speed[m]["from_batch_size"], speed[m]["to_batch_size"]) == (1, 2)
         assert speed[m]["speedup"] == pytest.approx(sp[(m, 1)] / sp[(m, 2)])
@@ -130,6 +132,25 @@ def test_flop_rates_and_peak(report):
         assert r["achieved_flops_per_second"] == pytest.approx(f / r["seconds_per_image_mean"])
         assert r["percent_of_measured_peak"] == pytest.approx(
             100 * r["achieved_flops_per_second"] / (peak["measured"]["tflops"] * 1e12))
+
+
+def test_machine_load_is_recorded_and_a_busy_machine_is_a_warning(report, monkeypatch):
+    load = report["environment"]["machine_load"]
+    assert load["cores_in_use"] == 1 and load["wall_seconds"] > 0 and load["own_cpu_seconds"] > 0
+    assert load["others_cpu_share"] is None or 0 <= load["others_cpu_share"] <= 1
+    assert load["busy"] == (load["warning"] is not None)
+    # a load average above the cores in use, or others' CPU share: the report says so
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    busy = MachineLoad(torch.device("cpu")).report()
+    assert busy["busy"] and "load average 7.50 above the" in busy["warning"]
+    from joinbench.timing import timing_markdown
+
+    md = timing_markdown({**report, "environment": {**report["environment"], "machine_load": busy}})
+    assert "**Warning: The machine was busy during this measurement (load average 7.50" in md
+    quiet = {**busy, "busy": False, "warning": None}
+    assert "Warning" not in timing_markdown({**report, "environment": {**report["environment"], "machine_load": quiet}})
 
 
 def test_files_written(report):
@@ -188,10 +209,11 @@ def test_step_extrapolation_equals_a_direct_count(priors, join_sets):
     pool = _ImagePool(ds, 2, torch.device("cpu"))
     sets = {**join_sets, "steps": 5}
     method = create_method("join-s1", **sets).to("cpu")
-    extrapolated = method_flops("join-s1", sets, method, ds, pool, 2, torch.device("cpu"))
-    images, _ = pool.batch(0, 2)
-    method.decompose(images)  # set-up, not counted
-    direct, _ = count_flops(lambda: method.decompose(images))
+    batch = pool.batch(0, 2)
+    run = lambda m: timed_decompose(m, batch, torch.device("cpu"))
+    extrapolated = method_flops(method, lambda extra: create_method("join-s1", **{**sets, **extra}).to("cpu"), run, 2)
+    method.decompose(batch.image)  # set-up, not counted
+    direct, _ = count_flops(lambda: method.decompose(batch.image))
     assert extrapolated["flops_per_image"] == pytest.approx(direct / 2, rel=1e-12)
     assert extrapolated["step_fields"]["steps"]["flops_per_step_per_image"] > 0
 
@@ -211,9 +233,9 @@ def test_image_pool_cycles_through_a_small_split():
     ds = create_dataset("materials", resolution=RES, size=3)
     pool = _ImagePool(ds, 10, torch.device("cpu"))
     assert len(pool.ids) == 3
-    images, ids = pool.batch(1, 2)  # images 2, 3 -> 2, 0
-    assert ids == [ds.sample_id(2), ds.sample_id(0)]
-    assert torch.equal(images[1], ds[0].image)
+    batch = pool.batch(1, 2)  # images 2, 3 -> 2, 0
+    assert batch.ids == [ds.sample_id(2), ds.sample_id(0)]
+    assert torch.equal(batch.image[1], ds[0].image)
 
 
 def test_settings_per_method_global_and_capped(join_sets):

@@ -20,7 +20,7 @@ from joinbench.baselines.unet import (
 
 from joinbench.errors import JoinbenchError
 from joinbench.gan.train import create_training_dataset
-from joinbench.registry import create_method
+from joinbench.registry import create_dataset, create_method
 
 RES, WIDTH, BATCH = 16, 8, 8
 
@@ -76,12 +76,12 @@ def test_export_load_decompose(exported):
     assert dec.albedo.shape == (2, 3, 24, 40) and torch.isfinite(dec.shading).all() and (dec.specular >= 0).all()
 
 
-def test_bind_dataset_picks_domain(exported):
+def test_prepare_picks_the_datasets_domain(exported):
     method = create_method("unet")
-    method.bind_dataset("faces-shift", set())
+    method.prepare(create_dataset("faces-shift", resolution=RES), "cpu")
     assert method.config.dataset == "faces"
-    pinned = create_method("unet", dataset="materials")
-    pinned.bind_dataset("faces", {"dataset"})
+    pinned = create_method("unet", dataset="materials")  # set by the caller: kept
+    pinned.prepare(create_dataset("faces", resolution=RES), "cpu")
     assert pinned.config.dataset == "materials"
 
 

@@ -210,12 +210,12 @@ def load_prior(dataset: str, component: str, device: str | torch.device = "cpu",
     dev = resolve_device(device)
     sc_path = sidecar_path(dataset, component, path)
     if not sc_path.exists():
-        from ..method import dataset_domain
+        from ..datasets.base import domain_of
         from ..registry import DATASETS
 
         if dataset not in DATASETS:  # a typo, not a prior still to train: say which names exist
             raise PriorError(DATASETS._unknown_message(dataset))
-        domain = dataset_domain(dataset)
+        domain = domain_of(dataset)
         if path is None and domain not in (None, dataset):  # faces-shift, real-faces: priors live with their domain
             raise PriorError(f"There are no {dataset} priors: priors are trained on the procedural {domain!r} data, and "
                              f"JoIN uses them for {dataset!r}; pass --dataset {domain} (load_prior({domain!r}, ...)).")

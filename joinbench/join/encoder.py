@@ -1,4 +1,4 @@
-"""Encoder-guided initialisation (DESIGN.md, "The method", point 3): image -> initial w_c.
+"""Encoder-guided initialisation (JoIN's third ingredient; README, "Encoders"): image -> initial w_c.
 
 Stage 1 starts every latent from the mean latent, so most of its 1000 steps are spent
 walking to the right region of W. JoIN instead starts from per-component encoders (the

@@ -1,7 +1,8 @@
 """JoIN as benchmark methods: the full method ``join``, its ablations, and stage 1 alone
 (``join-s1*``).
 
-The full method (:class:`JoinFull`; DESIGN.md "The method", points 2-4) per batch:
+The full method (:class:`JoinFull`: encoders, stage 1 and PTI as the README's "Methods"
+table describes them) per batch:
 encoders give each prior an initial latent (``init=encoder``), stage 1 inverts the bank
 from there (:mod:`joinbench.join.stage1`, kNN regulariser), and PTI tunes per-image copies of
 the generators at those pivots with the local discriminator loss (:mod:`joinbench.join.pti`).
@@ -34,9 +35,9 @@ folder ``encoders_path``, and ``save_tuned=DIR`` keeps each image's tuned genera
 ``stage1``, ``stage1_per_step``, ``pti`` and ``pti_per_step`` seconds for the stages that
 ran; ``extras`` the latents, both loss curves and PTI's stop steps.
 
-The GAN bank is the ``prior`` field (default ``materials``); ``joinbench run`` sets it
-from the dataset's domain (``faces``, ``faces-shift``, ``real-faces`` -> ``faces``) unless
-``--set prior=...`` is given. ``priors_path`` names a folder of
+The GAN bank is the ``prior`` field (default ``materials``, the method's
+:attr:`~joinbench.method.Method.domain_setting`); a run sets it from the dataset's declared
+domain (``faces``, ``faces-shift``, ``real-faces`` -> ``faces``) unless ``--set prior=...`` is given. ``priors_path`` names a folder of
 exported priors (a ``joinbench train prior`` run's ``--out``); unset, the shipped
 ``joinbench/weights/`` are used. Priors are loaded on the first ``.to()`` or
 ``decompose``, so listing methods needs no weights and missing ones are a one-line error.
@@ -51,8 +52,8 @@ On a CPU, 1000 steps per batch take minutes even at 64 px; evaluate a few images
 
 (``--set steps=200`` for a quicker, rougher look). ``join`` on a CPU scores 2 images by
 default and, for settings not given with ``--set``, uses :attr:`JoinFull.cpu_settings`
-(fewer stage-1 and PTI steps, the discriminator term every 4th step), printing what it
-changed; a GPU runs the paper's schedule.
+(fewer stage-1 and PTI steps, the discriminator term every 4th step; the run's plan prints
+what it changed, :mod:`joinbench.plan`); a GPU runs the paper's schedule.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ from ..join.losses import PERCEPTUAL_LOSSES
 from ..join.pti import PivotalTuner, PTIConfig
 from ..join.regularisers import REGULARISERS
 from ..join.stage1 import DTYPES, JointInverter, Stage1Config
-from ..method import Method, MethodConfig, dataset_domain
+from ..method import Method, MethodConfig
 from ..registry import register_method
 from ..types import Decomposition
 
@@ -88,7 +89,9 @@ class JoinStage1(Method):
     """JoIN stage 1: batched joint inversion of the per-component GAN bank."""
 
     Config = JoinConfig
+    kind = "optimisation"
     needs_grad = True  # the runner must not run decompose under inference_mode
+    domain_setting = "prior"  # faces-shift and real-faces invert the faces bank unless --set prior=...
     # 1000 LPIPS-VGG steps cost ~0.5-0.9 s each for a small batch at 64 px on a 2-core CPU
     # (measured on random priors of the default size): a few images keep a CPU run in minutes.
     cpu_default_limit = 4
@@ -134,14 +137,15 @@ class JoinStage1(Method):
         self._setup_reported = False
         return self._inverter
 
-    def bind_dataset(self, dataset, overridden: set[str]) -> None:
-        """Invert the GAN bank of the dataset's domain (``faces-shift`` -> ``faces``,
-        ``real-materials`` -> ``materials``) unless ``prior`` was set explicitly.
-        ``dataset`` is a Dataset or its registry name."""
-        domain = dataset_domain(dataset)
-        if "prior" not in overridden and domain not in (None, self.config.prior):
-            self.config = dataclasses.replace(self.config, prior=domain)
-            self._inverter = None
+    def reset(self) -> None:
+        self._inverter = None
+
+    def prior_source(self) -> dict[str, Any]:
+        """The GAN bank this method inverts (``domain``, ``path`` of exported priors or None
+        for the shipped ones, ``joint``): relighting samples new lightings from the same prior."""
+        cfg = self.config
+        path = cfg.priors_path if cfg.priors_path not in (None, "", "none", "None") else None
+        return {"domain": cfg.prior, "path": path, "joint": bool(getattr(cfg, "joint_prior", False))}
 
     # -- hook for encoder-guided initialisation ---------------------------------------------
     def init_latents(self, images: Tensor) -> dict[str, Tensor] | None:
@@ -300,8 +304,6 @@ class JoinFull(JoinStage1):
             save_tuned=_optional_str(cfg.save_tuned), encoders_path=_optional_str(cfg.encoders_path))
         if self.config.pti:
             pti_config(self.config).validate()
-        self._explicit = set(overrides)  # settings the caller chose (cpu_settings never replace them)
-        self._cpu_applied = False
         self._tuner: PivotalTuner | None = None
         self._tuner_for: JointInverter | None = None
         self._encoders: dict[str, Any] | None = None
@@ -310,38 +312,21 @@ class JoinFull(JoinStage1):
         self._unnamed = 0
 
     # -- devices and CPU settings ----------------------------------------------------------
-    def bind_dataset(self, dataset, overridden: set[str]) -> None:
-        self._explicit |= set(overridden)
-        super().bind_dataset(dataset, overridden)
-
     def to(self, device: torch.device | str) -> "JoinFull":
         """Move to ``device`` and load priors and encoders there (missing ones fail here, before a run starts)."""
-        if torch.device(device).type == "cpu":
-            self.apply_cpu_settings()
         super().to(device)
         if self.config.init == "encoder":
             self._ensure_encoders()
         return self
 
-    def apply_cpu_settings(self) -> dict[str, Any]:
-        """Use :attr:`cpu_settings` for every setting the caller did not choose (once);
-        returns and prints what changed."""
-        if self._cpu_applied:
-            return {}
-        self._cpu_applied = True
-        changes = {k: v for k, v in self.cpu_settings.items()
-                   if k not in self._explicit and getattr(self.config, k) != v}
-        if changes:
-            self.config = dataclasses.replace(self.config, **changes)
-            self._inverter, self._tuner = None, None
-            name = self.registry_name or type(self).__name__
-            # without PTI its settings change nothing: applied (the config stays one per device), not announced
-            shown = [k for k in changes if self.config.pti or not k.startswith("pti_")]
-            told = " ".join(f"--set {k}={changes[k]}" for k in shown)
-            paper = " ".join(f"--set {k}={getattr(self.Config, k)}" for k in shown)
-            if shown:
-                print(f"{name} on CPU: {told} (a quicker, rougher run; the defaults are {paper}, which a GPU runs)")
-        return changes
+    def reset(self) -> None:
+        super().reset()
+        self._tuner = None
+
+    def unused_settings(self) -> set[str]:
+        """Without PTI the ``pti_*`` settings change nothing (a CPU run still applies them, so a
+        configuration has one config per device, but does not announce them)."""
+        return set() if self.config.pti else {f.name for f in dataclasses.fields(self.config) if f.name.startswith("pti_")}
 
     def load(self) -> JointInverter:
         inv = super().load()

@@ -17,6 +17,7 @@ import torch
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS
 from ..method import Method, MethodConfig
+from ..progress import report
 from ..registry import register_method
 from ..types import Batch, Decomposition
 
@@ -32,6 +33,7 @@ class PredictionsMethod(Method):
     """Score saved predictions (npz linear or encoded PNGs) found by image id."""
 
     Config = PredictionsConfig
+    kind = "adapter"
 
     def __init__(self, path: str | None = None, **overrides):
         super().__init__(**({"path": path} if path else {}), **overrides)
@@ -47,11 +49,12 @@ class PredictionsMethod(Method):
         if not any(root.glob("*.npz")) and not any((root / c).is_dir() for c in COMPONENTS):
             raise JoinbenchError(f"{root} holds no predictions: expected <id>.npz files or albedo/, shading/, specular/ subfolders of PNGs.")
 
-    def bind_dataset(self, dataset, overridden: set[str]) -> None:
+    def prepare(self, dataset, device) -> dict:
         """Decode PNGs and re-render with the dataset's own forward model (its encodings are
         what ``joinbench datasets export`` wrote), unless ``forward_model`` was set."""
-        if "forward_model" not in overridden and not isinstance(dataset, str):
+        if dataset is not None and "forward_model" not in self.explicit:
             self._bound_fm = dataset.forward_model
+        return super().prepare(dataset, device)
 
     @property
     def forward_model(self):
@@ -95,6 +98,7 @@ class PredictionsMethod(Method):
                 default = torch.ones(shape) if c == "shading" else torch.zeros(shape)
                 comps[c].append(found.get(c, default))
         stack = {c: torch.stack(v).to(batch.image.device) for c, v in comps.items()}
+        report(self.progress, "batch", 1, 1, images=len(batch))
         return Decomposition(stack["albedo"], stack["shading"], stack["specular"], self.forward_model,
                              errors=[None] * len(batch), extras={"missing": missing})
 
