@@ -129,9 +129,10 @@ class RunBars:
     tqdm adds the rate and the ETA). A new stage, or a stage starting over for the next
     batch, restarts the step bar so its rate and ETA are the stage's own."""
 
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.images = tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, position=0)
-        self.steps = tqdm(total=0, unit="step", disable=not enabled, dynamic_ncols=True, position=1, leave=False)
+    def __init__(self, total: int, desc: str, enabled: bool, file=None):
+        common = dict(disable=not enabled, dynamic_ncols=True, file=file)
+        self.images = tqdm(total=total, unit="img", desc=desc, position=0, **common)
+        self.steps = tqdm(total=0, unit="step", position=1, leave=False, **common)
         self.stage: str | None = None
 
     def __call__(self, event: Progress) -> None:
@@ -140,9 +141,19 @@ class RunBars:
             self.stage = event.stage
             bar.reset(total=event.steps)
             bar.set_description_str(f"{event.stage} ({event.images} img)", refresh=False)
+            bar.set_postfix_str("", refresh=False)
         if event.loss is not None:
             bar.set_postfix_str(f"loss {event.loss:.4g}", refresh=False)
         bar.update(event.step - bar.n)
+
+    def batch_started(self, images: int, first: bool) -> None:
+        """Until the method's first event the step bar says what the batch is doing: on the first
+        batch a method loads and sets up (priors' statistics, LPIPS), which takes seconds."""
+        self.stage = None
+        self.steps.reset(total=0)
+        self.steps.set_description_str(f"{'setting up, ' if first else ''}batch of {images}", refresh=False)
+        self.steps.set_postfix_str("", refresh=False)
+        self.steps.refresh()
 
     def batch_done(self, images: int) -> None:
         self.images.update(images)
@@ -205,6 +216,7 @@ def run_benchmark(run: RunSettings | PlannedRun) -> Path:
     try:
         for batch in dataset.batches(settings.batch_size, limit=n_total, skip=skip):
             batch = batch.to(device)
+            bars.batch_started(len(batch), first=not times)
             seconds, dec = timed_decompose(method, batch, device)
             times.append((len(batch), seconds))
             for k, v in dec.timings.items():  # totals add up over batches; "*_per_step" rates are averaged below
