@@ -17,9 +17,9 @@ from typing import Any
 from .paired import comparison_sentence, component_title, paired_differences
 from .plan import run_device, slug
 from .spec import AblationSpec, check_spec, load_spec
-from .suite import (RunOutcome, SuiteSettings, check_common, check_out, environment_line, execute, finite,
-                    images_text, per_image_values, plan_suite_run, planned_code, require_finished, results_frames,
-                    runs_section, show_plans, suite_code, suite_dataset, table_markdown)
+from .suite import (RunOutcome, SuiteSettings, check_common, check_out, environment_line, finite, images_text,
+                    per_image_values, plan_suite_run, planned_code, results_frames, run_plans, runs_section,
+                    suite_code, suite_dataset, table_markdown)
 
 
 @dataclass
@@ -70,13 +70,8 @@ def run_ablation(settings: AblationSettings) -> Path:
 
     t0 = time.perf_counter()
     spec, plans, out, ctx, device, dataset = plan_ablation(settings)
-    if settings.check_only:
-        show_plans(plans, ctx)
-        return out
-    if settings.runs_from is not None:
-        require_finished(plans, ctx)
-    outcomes = execute(plans, ctx, out)
-    if not ctx.is_main:
+    outcomes = run_plans(plans, ctx, out, settings.check_only, settings.runs_from)
+    if outcomes is None:
         return out
     report = ablation_report(spec, settings, outcomes, dataset, ctx, device, planned_code(plans), time.perf_counter() - t0)
     write_atomic(out / "ablation.md", report["md"])

@@ -13,9 +13,9 @@ from pathlib import Path
 from .errors import JoinbenchError, did_you_mean
 from .plan import run_device, slug
 from .spec import DEFAULT_TABLE_METRICS
-from .suite import (RUN_GRID_IMAGES, RunOutcome, SuiteSettings, check_common, check_out, environment_line, execute,
-                    finite, images_text, plan_suite_run, planned_code, require_finished, results_frames, runs_section,
-                    show_plans, suite_code, suite_dataset, table_markdown)
+from .suite import (RUN_GRID_IMAGES, RunOutcome, SuiteSettings, check_common, check_out, environment_line, finite,
+                    images_text, plan_suite_run, planned_code, results_frames, run_plans, runs_section, suite_code,
+                    suite_dataset, table_markdown)
 
 DEFAULT_COMPARE_DATASETS = ("materials", "materials-shift", "faces", "faces-shift", "real-materials", "real-faces")
 DEFAULT_COMPARE_METHODS = ("join", "unet", "color-retinex", "retinex", "trivial")
@@ -98,13 +98,8 @@ def run_comparison(settings: CompareSettings) -> Path:
     t0 = time.perf_counter()
     plans, datasets, out, ctx, device = plan_comparison(settings)
     flat = [p for ps in plans.values() for p in ps]
-    if settings.check_only:
-        show_plans(flat, ctx)
-        return out
-    if settings.runs_from is not None:
-        require_finished(flat, ctx)
-    outcomes = execute(flat, ctx, out)
-    if not ctx.is_main:
+    outcomes = run_plans(flat, ctx, out, settings.check_only, settings.runs_from)
+    if outcomes is None:
         return out
     md, rows, data = comparison_report(settings, outcomes, datasets, out, ctx, device, planned_code(flat),
                                        time.perf_counter() - t0)

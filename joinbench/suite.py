@@ -188,6 +188,19 @@ def execute(plans: list[PlannedRun], ctx, where: Path) -> list[RunOutcome]:
     return outcomes
 
 
+def run_plans(plans: list[PlannedRun], ctx, out: Path, check_only: bool, runs_from: str | None) -> list[RunOutcome] | None:
+    """What both suites do with their plans: ``--check`` shows them; ``--runs-from`` first makes
+    sure every run is finished; then every plan is executed (or reused). Returns the outcomes
+    on rank 0, None where no report is to be written (``--check``, other ranks)."""
+    if check_only:
+        show_plans(plans, ctx)
+        return None
+    if runs_from is not None:
+        require_finished(plans, ctx)
+    outcomes = execute(plans, ctx, out)
+    return outcomes if ctx.is_main else None
+
+
 def show_plans(plans: list[PlannedRun], ctx) -> None:
     """``--check``: each run, whether it is finished (and will be reused) and its command."""
     if ctx.is_main:
