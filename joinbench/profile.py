@@ -31,7 +31,7 @@ import contextlib
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -65,6 +65,8 @@ class ProfileConfig:
     priors: str | None = None  # stage1/pti: folder of exported priors; None: the shipped ones
     emulate_cuda: bool = False
     seed: int = 0
+    # programmatic only (scripts/gpu_engine_bench.py): settings of the trainer's / stage 1's / PTI's config
+    options: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "ProfileConfig":
         if self.kind not in KINDS:
@@ -123,24 +125,25 @@ class _Train:
     the stream's next batch (render), per model encode + ``PriorTrainer.step``, then every
     model's EMA (``end_step``). Logging is not part of an iteration."""
 
-    def __init__(self, cfg: ProfileConfig):
+    def __init__(self, cfg: ProfileConfig, device: torch.device = DEVICE):
         from .gan import train
 
         tcfg = train.TrainConfig(dataset=cfg.dataset, component=cfg.component, batch=cfg.batch,
-                                 resolution=cfg.resolution, seed=cfg.seed, device="cpu", progress=False).resolved()
+                                 resolution=cfg.resolution, seed=cfg.seed, device=device.type, progress=False,
+                                 **cfg.options).resolved()
         if hasattr(train, "PriorTraining"):  # the engine (CUDA's defaults are its CPU ones but for graphs/pool)
-            self.engine = train.PriorTraining(tcfg, DEVICE)
+            self.engine = train.PriorTraining(tcfg, device)
             return
         self.engine = None
         self.encode = train.encode_batch
         ds = train.create_training_dataset(cfg.dataset, cfg.resolution)
         self.fm, self.batch = ds.forward_model, cfg.batch
-        self.trainers = [train.PriorTrainer(name, tcfg, DEVICE) for name in tcfg.model_names()]
+        self.trainers = [train.PriorTrainer(name, tcfg, device) for name in tcfg.model_names()]
         if cfg.emulate_cuda:  # what PriorTrainer did on CUDA: bf16 autocast forward passes, fused Adam
             for t in self.trainers:
                 t.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
                 t.opt_G, t.opt_D = refuse_optimizer(t.opt_G, fused=True), refuse_optimizer(t.opt_D, fused=True)
-        self.stream = train.TrainStream(ds, cfg.batch, DEVICE, cfg.seed, cfg.resolution)
+        self.stream = train.TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution)
         self.nimg = 0
 
     def __call__(self, i: int) -> None:
@@ -163,32 +166,33 @@ class _Train:
 class _Render:
     """One ``render_batch_at`` call on fresh training seeds (as the stream draws them)."""
 
-    def __init__(self, cfg: ProfileConfig):
+    def __init__(self, cfg: ProfileConfig, device: torch.device = DEVICE):
         from .gan.train import create_training_dataset
 
+        self.device = device
         self.ds = create_training_dataset(cfg.dataset, cfg.resolution)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.batch, self.resolution = cfg.batch, cfg.resolution
 
     def __call__(self, i: int) -> None:
         with phase("render"):
-            self.ds.render_batch_at(self.ds.train_seeds(self.gen, self.batch), DEVICE, self.resolution)
+            self.ds.render_batch_at(self.ds.train_seeds(self.gen, self.batch), self.device, self.resolution)
 
 
-def _bank_and_targets(cfg: ProfileConfig):
+def _bank_and_targets(cfg: ProfileConfig, device: torch.device):
     """The GAN bank of ``cfg.dataset`` on the device stand-in and ``batch`` test images of
     the dataset at the priors' resolution."""
     from .gan.bank import load_bank
     from .registry import create_dataset
 
     fm = create_dataset(cfg.dataset, resolution=64).forward_model
-    bank = load_bank(cfg.dataset, DEVICE, components=fm.components, path=cfg.priors)
+    bank = load_bank(cfg.dataset, device, components=fm.components, path=cfg.priors)
     res = {p.resolution for p in bank.priors.values()}.pop()
     if cfg.resolution not in (None, res):
         raise JoinbenchError(f"--resolution {cfg.resolution}: {cfg.kind} runs at the priors' resolution ({res} px); "
                              "leave --resolution out or give --priors trained at that size.")
     ds = create_dataset(cfg.dataset, resolution=res)
-    target = torch.stack([ds[i].image for i in range(cfg.batch)]).to(DEVICE)
+    target = torch.stack([ds[i % len(ds)].image for i in range(cfg.batch)]).to(device)
     return bank, ds.forward_model, target, res
 
 
@@ -196,11 +200,11 @@ class _Stage1:
     """``JointInverter.invert`` of ``batch`` test images with ``steps`` = N and 2N (the
     join-s1 configuration: W latents, LPIPS-VGG, kNN regulariser)."""
 
-    def __init__(self, cfg: ProfileConfig):
+    def __init__(self, cfg: ProfileConfig, device: torch.device = DEVICE):
         from .join.stage1 import JointInverter, Stage1Config
 
-        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg)
-        self.inverter = JointInverter(bank, fm, Stage1Config(), DEVICE).setup()
+        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg, device)
+        self.inverter = JointInverter(bank, fm, Stage1Config(**cfg.options), device).setup()
 
     def __call__(self, steps: int) -> None:
         self.inverter.cfg.steps = steps
@@ -212,15 +216,15 @@ class _PTI:
     """``PivotalTuner.tune`` of ``batch`` test images at the priors' mean latents (the pivots
     stage 1 would hand over) with per-image noise maps, ``steps`` = N and 2N."""
 
-    def __init__(self, cfg: ProfileConfig):
+    def __init__(self, cfg: ProfileConfig, device: torch.device = DEVICE):
         from .join.pti import PivotalTuner, PTIConfig
 
-        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg)
-        self.tuner = PivotalTuner(bank, fm, PTIConfig(), DEVICE).setup()
+        bank, fm, self.target, cfg.resolution = _bank_and_targets(cfg, device)
+        self.tuner = PivotalTuner(bank, fm, PTIConfig(**cfg.options), device).setup()
         b = cfg.batch
         gen = torch.Generator().manual_seed(cfg.seed)
-        self.pivots = {k: bank[k].mean_latent(1000, 0, 0.7).to(DEVICE).expand(b, -1) for k in self.tuner.keys}
-        self.noise = {k: [torch.randn(s[1:], generator=gen).to(DEVICE).expand(b, -1, -1, -1)
+        self.pivots = {k: bank[k].mean_latent(1000, 0, 0.7).to(device).expand(b, -1) for k in self.tuner.keys}
+        self.noise = {k: [torch.randn(s[1:], generator=gen).to(device).expand(b, -1, -1, -1)
                           for s in bank[k].noise_shapes()] for k in self.tuner.keys}
 
     def __call__(self, steps: int) -> None:
