@@ -8,7 +8,8 @@ counted and how device placement is emulated).
 
 **Per unit = (count of 2N units - count of N units) / N.** Warm-up (first Adam step, lazy
 buffers, caches) and per-run set-up (building the models, bank statistics, the final
-render) cancel. Training and rendering continue one run from N to 2N units; stage 1 and PTI
+render) cancel. (Training and rendering may warm up for W < N units instead, ``--warmup``:
+the counted units are then W..W+N-1.) Training and rendering continue one run from N to 2N units; stage 1 and PTI
 run their real loops (``JointInverter.invert``, ``PivotalTuner.tune``) with ``steps=N`` and
 ``steps=2N``. Training defaults to N = 16 = the R1 interval, so the lazy R1 step is
 amortised as in a real run. Counts do not depend on the batch (tested) nor on the machine.
@@ -62,6 +63,7 @@ class ProfileConfig:
     batch: int | None = None
     resolution: int | None = None
     iterations: int | None = None  # N
+    warmup: int | None = None  # train/render: units run before the N counted ones; None: N (N vs 2N)
     priors: str | None = None  # stage1/pti: folder of exported priors; None: the shipped ones
     emulate_cuda: bool = False
     seed: int = 0
@@ -74,8 +76,9 @@ class ProfileConfig:
                                  f"Use one of {', '.join(KINDS)} or all.")
         cfg = replace(self, batch=self.batch or DEFAULT_BATCH[self.kind],
                       iterations=self.iterations or DEFAULT_ITERATIONS[self.kind])
-        if cfg.batch < 1 or cfg.iterations < 1:
-            raise JoinbenchError(f"--batch and --iterations must be at least 1, got {cfg.batch} and {cfg.iterations}.")
+        if cfg.batch < 1 or cfg.iterations < 1 or (cfg.warmup is not None and cfg.warmup < 1):
+            raise JoinbenchError(f"--batch, --iterations and --warmup must be at least 1, got {cfg.batch}, "
+                                 f"{cfg.iterations} and {cfg.warmup}.")
         if cfg.kind in ("train", "render") and cfg.resolution is None:
             cfg.resolution = 64
         return cfg
@@ -85,6 +88,8 @@ class ProfileConfig:
         if self.kind == "train":
             parts += ["--component", self.component]
         parts += ["--batch", str(self.batch), "--iterations", str(self.iterations)]
+        if self.warmup is not None:
+            parts += ["--warmup", str(self.warmup)]
         if self.resolution is not None:
             parts += ["--resolution", str(self.resolution)]
         if self.priors:
@@ -97,14 +102,16 @@ class ProfileConfig:
 # -----------------------------------------------------------------------------------------
 # measuring
 # -----------------------------------------------------------------------------------------
-def measure_stepwise(step: Callable[[int], None], n: int) -> tuple[Tally, list[Tally]]:
-    """Units 0..N-1 uncounted in effect, N..2N-1 counted: (mean per unit, each unit's tally)."""
+def measure_stepwise(step: Callable[[int], None], n: int, warmup: int | None = None) -> tuple[Tally, list[Tally]]:
+    """Units 0..W-1 warm up (W = ``warmup``, default N), units W..W+N-1 are the figure: (mean
+    per unit, each unit's tally). Warm-up runs counted too, so that placement is tracked."""
+    w = n if warmup is None else warmup
     with LaunchCounter() as c:
-        for i in range(n):
+        for i in range(w):
             step(i)
         start = c.snapshot()
         each = []
-        for i in range(n, 2 * n):
+        for i in range(w, w + n):
             before = c.snapshot()
             step(i)
             each.append(c.snapshot() - before)
@@ -271,7 +278,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
     with emulate, phases_of(PHASE_FUNCTIONS[cfg.kind]):  # before building: step functions may be bound at init
         subject = SUBJECTS[cfg.kind](cfg)
         if cfg.kind in ("train", "render"):
-            per, each = measure_stepwise(subject, cfg.iterations)
+            per, each = measure_stepwise(subject, cfg.iterations, cfg.warmup)
         else:
             per, each = measure_runs(subject, cfg.iterations), []
     out = {"kind": cfg.kind, "unit": UNITS[cfg.kind], "config": asdict(cfg), "command": cfg.command(),
@@ -295,10 +302,10 @@ def environment() -> dict[str, Any]:
 # -----------------------------------------------------------------------------------------
 # name -> configuration: the figures of reports/launches.md (64 px, the issue's settings)
 REPORT = {
-    "train materials all": ProfileConfig("train", "materials", "all"),
-    "train materials all, CUDA path": ProfileConfig("train", "materials", "all", emulate_cuda=True),
-    "train faces all": ProfileConfig("train", "faces", "all"),
-    "train faces all, CUDA path": ProfileConfig("train", "faces", "all", emulate_cuda=True),
+    # warm-up 2: any 16 consecutive iterations hold one R1 step; 2N = 32 iterations at batch 16 are slow on a CPU
+    "train materials all": ProfileConfig("train", "materials", "all", warmup=2),
+    "train materials all, CUDA path": ProfileConfig("train", "materials", "all", warmup=2, emulate_cuda=True),
+    "train faces all": ProfileConfig("train", "faces", "all", warmup=2),
     "stage1 materials": ProfileConfig("stage1", "materials"),
     "stage1 materials, CUDA path": ProfileConfig("stage1", "materials", emulate_cuda=True),
     "pti materials": ProfileConfig("pti", "materials"),
@@ -380,7 +387,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = ["# Kernel launches, host syncs and FLOPs per step", "",
              f"Made with `{report['command']}` (`joinbench profile --help`; what is counted and how device placement "
              "is emulated: `joinbench/launches.py`). Counts are deterministic: the same on any machine and under any "
-             "load. Per unit = (count of 2N units - count of N units) / N: warm-up and set-up cancel.", "",
+             "load. Per unit = (count of 2N units - count of N units) / N, or of the N units after a `--warmup` of W: "
+             "warm-up and set-up cancel.", "",
              _block_line("before", before), _block_line("after", after), _block_line("test figures", tests),
              "- device: the CPU, with device placement emulated (only reads of device tensors are host syncs). "
              "\"CUDA path\" = `--emulate-cuda`: the trainer's bf16 autocast and fused Adam, foreach Adam elsewhere. "
@@ -442,6 +450,7 @@ def profile_cmd(
     batch: Optional[int] = typer.Option(None, "--batch", "-b", help="images per unit (default: train/render 16, stage1/pti 2)"),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="train/render: power of two (default 64); stage1/pti: the priors'"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="N: units counted = those from N to 2N (default: train 16, render/stage1 4, pti 2)"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="train/render: units before the N counted ones (default N)"),
     priors: Optional[str] = typer.Option(None, "--priors", help="stage1/pti: folder of exported priors (default: the shipped ones)"),
     emulate_cuda: bool = typer.Option(False, "--emulate-cuda", help="bf16 autocast + fused Adam in training, foreach Adam elsewhere, as on CUDA"),
     format: str = typer.Option("md", "--format", "-f", help="md | json"),
@@ -482,7 +491,7 @@ def profile_cmd(
         typer.echo(f"wrote {out} and {json_path}")
         return
     cfg = ProfileConfig(kind=kind, dataset=dataset, component=component, batch=batch, resolution=resolution,
-                        iterations=iterations, priors=priors, emulate_cuda=emulate_cuda)
+                        iterations=iterations, warmup=warmup, priors=priors, emulate_cuda=emulate_cuda)
     result = {**profile(cfg), "environment": environment()}
     text = json.dumps(result, indent=2) + "\n" if format == "json" else result_markdown(result)
     if out:
