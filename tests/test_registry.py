@@ -120,3 +120,14 @@ def test_a_missing_builtin_module_is_a_broken_install_not_an_empty_registry(monk
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(JoinbenchError, match=r"joinbench.datasets cannot be imported.*reinstall"):
         registry._load_builtin_entries()
+
+
+def test_list_methods_shows_each_declared_kind():
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    out = CliRunner().invoke(app, ["list", "methods"]).output
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "[feed-forward]" in lines["unet"] and "[optimisation]" in lines["join"]
+    assert "[classical]" in lines["retinex"] and "[adapter]" in lines["predictions:PATH"]
