@@ -22,12 +22,7 @@ COMMITTED = Path(__file__).resolve().parents[1] / "reports" / "launches.json"
 GROWTH = 1.10  # a count may grow by at most 10% over the committed figure
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("tiny_env")  # one thread, a private JOINBENCH_HOME (latent banks computed afresh)
 
 
 # -- what is counted --------------------------------------------------------------------
@@ -201,8 +196,7 @@ def _committed() -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TESTS))
-def test_counts_do_not_grow_over_the_committed_figures(name, monkeypatch, tmp_path):
-    monkeypatch.setenv("JOINBENCH_HOME", str(tmp_path / "home"))  # latent banks computed afresh, not from a stale cache
+def test_counts_do_not_grow_over_the_committed_figures(name):
     committed = _committed()
     assert name in committed, f"no committed figure for {name!r}: rerun `joinbench profile all --out reports/launches.md`"
     want, got = committed[name], profile(TESTS[name])
