@@ -34,7 +34,7 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import typer
@@ -246,7 +246,10 @@ SUBJECTS = {"train": _Train, "render": _Render, "stage1": _Stage1, "pti": _PTI}
 # about, for code with and without phase()/mark() lines (names that no longer exist are skipped).
 _HASHING = {"joinbench.datasets.procedural:_mix": "hash", "joinbench.datasets.procedural:seed_hash": "hash"}
 _LOSSES = {"joinbench.join.losses:PerceptualLoss.__call__": "LPIPS", "joinbench.join.losses:pixel_mse": "pixel loss",
-           "joinbench.forward:ForwardModel.render_encoded": "composite"}
+           "joinbench.forward:ForwardModel.render_encoded": "composite",
+           # the inversion engine's update: gradient with the finiteness check, then Adam
+           "joinbench.join.engine:ImageVariables.gradient": "gradient + finiteness",
+           "joinbench.join.engine:ImageVariables.apply": "optimizer", "joinbench.training.graphs:adam_step": "optimizer"}
 PHASE_FUNCTIONS = {
     "render": _HASHING,
     "train": {**_HASHING, "joinbench.datasets.base:ProceduralDataset.render_batch_at": "render",
@@ -304,12 +307,12 @@ def environment() -> dict[str, Any]:
 REPORT = {
     # warm-up 2: any 16 consecutive iterations hold one R1 step; 2N = 32 iterations at batch 16 are slow on a CPU
     "train materials all": ProfileConfig("train", "materials", "all", warmup=2),
-    "train materials all, CUDA path": ProfileConfig("train", "materials", "all", warmup=2, emulate_cuda=True),
+    "train materials all (CUDA path)": ProfileConfig("train", "materials", "all", warmup=2, emulate_cuda=True),
     "train faces all": ProfileConfig("train", "faces", "all", warmup=2),
     "stage1 materials": ProfileConfig("stage1", "materials"),
-    "stage1 materials, CUDA path": ProfileConfig("stage1", "materials", emulate_cuda=True),
+    "stage1 materials (CUDA path)": ProfileConfig("stage1", "materials", emulate_cuda=True),
     "pti materials": ProfileConfig("pti", "materials"),
-    "pti materials, CUDA path": ProfileConfig("pti", "materials", emulate_cuda=True),
+    "pti materials (CUDA path)": ProfileConfig("pti", "materials", emulate_cuda=True),
     "render materials": ProfileConfig("render", "materials"),
     "render faces": ProfileConfig("render", "faces"),
 }
@@ -455,8 +458,9 @@ def profile_cmd(
     emulate_cuda: bool = typer.Option(False, "--emulate-cuda", help="bf16 autocast + fused Adam in training, foreach Adam elsewhere, as on CUDA"),
     format: str = typer.Option("md", "--format", "-f", help="md | json"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (all: the .md; its .json is written beside)"),
-    before: Optional[Path] = typer.Option(None, "--before", help="all: JSON of a run at older code to show as the before column"),
+    before: Optional[List[Path]] = typer.Option(None, "--before", help="all: JSON(s) a `profile all` wrote at older code: the before column (repeatable, merged)"),
     only: str = typer.Option("both", "--only", help="all: report | tests (measure one part, keep the other)"),
+    names: Optional[str] = typer.Option(None, "--names", help="all: comma list of report measurements to redo (others are kept)"),
 ):
     """Count kernel launches (dispatched aten ops), host syncs and FLOPs per training
     iteration, stage-1 step, PTI step or render call, with the top ops and phases.
@@ -479,9 +483,25 @@ def profile_cmd(
         if "after" not in report and "results" in report:  # an older layout
             report = {"before": report.get("before"), "after": _as_block(report), "tests": None}
         if before:
-            report["before"] = {**_as_block(_read_json(before)), "from": str(before)}
+            blocks = [_as_block(_read_json(path)) for path in before]
+            report["before"] = {"environment": blocks[0]["environment"], "from": [str(p) for p in before],
+                                "results": {k: v for b in blocks for k, v in b["results"].items()}}
+            report["before"]["results"] = {k: report["before"]["results"][k] for k in REPORT
+                                           if k in report["before"]["results"]}  # the report's order
+        chosen = REPORT
+        if names:
+            wanted = [n.strip() for n in names.split(",") if n.strip()]
+            unknown = [n for n in wanted if n not in REPORT]
+            if unknown:
+                raise JoinbenchError(f"--names: unknown measurement {unknown[0]!r}.{did_you_mean(unknown[0], REPORT)} "
+                                     f"Use some of: {', '.join(REPORT)}.")
+            chosen = {n: REPORT[n] for n in wanted}
         if only in ("both", "report"):
-            report["after"] = measure_block(REPORT)
+            kept = (report.get("after") or {}).get("results", {}) if names else {}
+            block = measure_block(chosen)
+            merged = {**kept, **block["results"]}
+            block["results"] = {k: merged[k] for k in REPORT if k in merged}
+            report["after"] = block
         if only in ("both", "tests"):
             report["tests"] = measure_block(TESTS)
         report.update(format="joinbench-launches", version=2,
