@@ -13,6 +13,8 @@ another folder (e.g. a training run's ``--out``) or a sidecar file. Loading veri
 hashes and every tensor shape; problems are one-line :class:`PriorError` messages.
 ``load_bank(dataset)`` gives the three independent priors; ``load_bank(dataset, joint=True)``
 a bank of the single joint prior, for the "independent vs jointly trained" ablation.
+``bank.fused_generator()`` / ``fused_discriminator()`` stack a bank's networks into one
+(:mod:`joinbench.gan.fused`): what stage 1 and PTI run, one kernel per layer for all priors.
 
 Loaded networks are float32, in eval mode, with ``requires_grad`` off (inversion optimises
 latents and noise, not weights; PTI turns gradients back on for the generator it tunes).
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +32,7 @@ from torch import Tensor
 from ..errors import JoinbenchError, did_you_mean
 from ..forward import COMPONENTS
 from ..weights_io import load_checked
+from .fused import FusedDiscriminator, FusedGenerator
 from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .train import FORMAT, export_stem, to_display
 
@@ -286,6 +289,28 @@ class GanBank:
     def mean_latents(self, n: int = 10_000, seed: int = 0, truncation_psi: float = 1.0) -> dict[str, Tensor]:
         return {c: p.mean_latent(n, seed, truncation_psi) for c, p in self.priors.items()}
 
+    def fused_generator(self, names: Sequence[str] | None = None) -> FusedGenerator:
+        """The generators of ``names`` (default: every prior, in order) as one fused network, a
+        new stacked copy in their device, dtype and mode (see :mod:`joinbench.gan.fused`)."""
+        return fuse_priors({n: self[n] for n in (names or self.priors)})
+
+    def fused_discriminator(self, names: Sequence[str] | None = None) -> FusedDiscriminator:
+        """As :meth:`fused_generator`, for the discriminators."""
+        return fuse_priors({n: self[n] for n in (names or self.priors)}, "D")
+
+
+def fuse_priors(priors: Mapping[str, Prior], part: str = "G") -> FusedGenerator | FusedDiscriminator:
+    """The generators (``part="G"``) or discriminators (``"D"``) of ``priors`` as one fused
+    network, members in the mapping's order; priors of different network configs are a
+    one-line :class:`PriorError`."""
+    cls = FusedDiscriminator if part == "D" else FusedGenerator
+    try:
+        return cls.from_modules([getattr(p, part) for p in priors.values()])
+    except ValueError as exc:
+        names = ", ".join(f"{p.dataset} {c}" for c, p in priors.items())
+        raise PriorError(f"The priors {names} run as one fused bank, which needs one network config, but {exc}; "
+                         "train them with the same settings (`joinbench train prior --component all`).") from None
+
 
 def load_bank(dataset: str, device: str | torch.device = "cpu", components: Sequence[str] | None = None,
               path: str | Path | None = None, joint: bool = False) -> GanBank:
@@ -347,6 +372,7 @@ __all__ = [
     "PriorError",
     "latent_cache_dir",
     "check_prior_files",
+    "fuse_priors",
     "list_priors",
     "load_bank",
     "load_prior",

@@ -61,13 +61,29 @@ class PerceptualLoss:
     def enabled(self) -> bool:
         return self.model is not None
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, y: Tensor | list[Tensor]) -> Tensor:
+        """Distance of ``x`` to ``y``: display images, or their :meth:`features` (a fixed target's
+        features are computed once instead of at every step)."""
         if self.model is None:
             return x.new_zeros(x.shape[0])
+        target = self.features(y) if isinstance(y, Tensor) else y
+        total = None
+        for lin, fx, fy in zip(self.model.lins, self.features(x), target):  # lpips.LPIPS.forward, term by term
+            d = lin((fx - fy) ** 2).mean([2, 3], keepdim=True)
+            total = d if total is None else total + d
+        return total.reshape(x.shape[0])
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The unit-normalised VGG16 features of display images ``x`` (empty when the term is off)."""
+        import lpips
+
+        if self.model is None:
+            return []
         if min(x.shape[-2:]) < LPIPS_MIN_RESOLUTION:
             raise JoinbenchError(f"LPIPS-VGG needs images of at least {LPIPS_MIN_RESOLUTION} px, got "
                                  f"{tuple(x.shape[-2:])}; use --set perceptual=none for smaller priors.")
-        return self.model(x * 2.0 - 1.0, y * 2.0 - 1.0).reshape(x.shape[0])
+        outs = self.model.net(self.model.scaling_layer(x * 2.0 - 1.0))
+        return [lpips.normalize_tensor(o) for o in outs]
 
 
 def pixel_mse(x: Tensor, y: Tensor) -> Tensor:
@@ -78,30 +94,41 @@ def pixel_mse(x: Tensor, y: Tensor) -> Tensor:
 def noise_regularisation(noises: Sequence[Tensor], min_size: int = 8) -> Tensor:
     """The StyleGAN2 projector's noise regulariser, per image.
 
-    For each map (B, 1, r, r): ``mean(n * roll(n, 1, x))^2 + mean(n * roll(n, 1, y))^2``
-    (means over each image's pixels), then 2x2 average pooling, repeated while the map is
-    larger than ``min_size``; summed over levels and maps. Returns (B,)."""
-    total = None
+    For each map: ``mean(n * roll(n, 1, x))^2 + mean(n * roll(n, 1, y))^2`` (means over the
+    map's pixels), then 2x2 average pooling, repeated while the map is larger than
+    ``min_size``; summed over levels and maps. ``noises`` are (B, ..., r, r) tensors of maps
+    (e.g. per layer (B, 1, r, r), or a fused bank's (B, N, k, r, r)); tensors of one size must
+    agree in all but their third-last dim. Returns (B,).
+
+    Vectorised over maps: every map that is r x r at some level of its pyramid (its own size,
+    or pooled down from a larger one) is in one tensor, so each pyramid level costs one set of
+    operations, whatever the number of layers and generators."""
+    by_size: dict[int, list[Tensor]] = {}
     for n in noises:
-        level = n
-        while True:
-            term = ((level * torch.roll(level, shifts=1, dims=3)).flatten(1).mean(1).square()
-                    + (level * torch.roll(level, shifts=1, dims=2)).flatten(1).mean(1).square())
-            total = term if total is None else total + term
-            if level.shape[2] <= min_size:
-                break
-            level = F.avg_pool2d(level, kernel_size=2)
-    if total is None:
+        by_size.setdefault(n.shape[-1], []).append(n)
+    if not by_size:
         raise ValueError("noise_regularisation needs at least one noise map")
+    total = None
+    while by_size:
+        r = max(by_size)
+        maps = by_size.pop(r)
+        level = maps[0] if len(maps) == 1 else torch.cat(maps, dim=-3)
+        term = ((level * torch.roll(level, shifts=1, dims=-1)).mean(dim=(-2, -1)).square()
+                + (level * torch.roll(level, shifts=1, dims=-2)).mean(dim=(-2, -1)).square())
+        term = term.flatten(1).sum(1)
+        total = term if total is None else total + term
+        if r > min_size:  # pooled maps join the next level
+            pooled = F.avg_pool2d(level.flatten(0, -3), kernel_size=2)
+            by_size.setdefault(pooled.shape[-1], []).append(pooled.unflatten(0, level.shape[:-2]))
     return total
 
 
 @torch.no_grad()
 def normalise_noise_(noises: Sequence[Tensor]) -> None:
-    """In place: each image's map to zero mean and unit variance (as the projector does)."""
+    """In place: each map (the last two dims) to zero mean and unit variance (as the projector does)."""
     for n in noises:
-        n.sub_(n.mean(dim=(1, 2, 3), keepdim=True))
-        n.mul_(n.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt())
+        n.sub_(n.mean(dim=(-2, -1), keepdim=True))
+        n.mul_(n.square().mean(dim=(-2, -1), keepdim=True).rsqrt())
 
 
 __all__ = ["LPIPS_MIN_RESOLUTION", "PERCEPTUAL_LOSSES", "PerceptualLoss", "noise_regularisation",
