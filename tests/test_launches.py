@@ -183,6 +183,7 @@ def test_cli_profile_render_json_and_errors(tmp_path):
     assert data["command"] == "joinbench profile render --dataset faces --batch 1 --iterations 1 --resolution 16"
     for args, words in ((["profile", "trian"], "train"), (["profile", "all", "--out", "x.txt"], "--out FILE.md"),
                         (["profile", "render", "-f", "csv"], "md or json"),
+                        (["profile", "all", "--out", str(tmp_path / "l.md"), "--names", "render mats"], "render materials"),
                         (["profile", "stage1", "-r", "32", "-n", "1", "-b", "1"], "priors' resolution")):
         res = runner.invoke(app, args)
         assert res.exit_code != 0 and words in str(res.exception), (args, res.exception)
