@@ -174,7 +174,7 @@ class _Render:
     """One ``render_batch_at`` call on fresh training seeds (as the stream draws them)."""
 
     def __init__(self, cfg: ProfileConfig, device: torch.device = DEVICE):
-        from .gan.train import create_training_dataset
+        from .training.data import create_training_dataset
 
         self.device = device
         self.ds = create_training_dataset(cfg.dataset, cfg.resolution)
@@ -396,6 +396,13 @@ def report_markdown(report: dict[str, Any]) -> str:
              "- device: the CPU, with device placement emulated (only reads of device tensors are host syncs). "
              "\"CUDA path\" = `--emulate-cuda`: the trainer's bf16 autocast and fused Adam, foreach Adam elsewhere. "
              "CUDA graphs cannot be emulated.", "",
+             "How to read it: a training iteration includes its data (the stream's render call before the engine; the "
+             "pool draw and the amortised pool refreshes after it, at the CPU's pool size, which re-renders more often "
+             "than CUDA's 16,384-image pool). Rows without \"CUDA path\" run what the CPU runs: Adam's per-parameter "
+             "loop where no implementation is chosen. Reads of host tensors are not syncs: Adam's per-parameter step "
+             "counters (`.item()` per parameter in that loop) live on the host unless Adam is capturable, so they stall "
+             "nothing. A count that includes them (the engine issue's 30 syncs per stage-1 step: 3 latents + 27 noise "
+             "maps; about 200 per PTI step: 198 tuned tensors) is higher than the syncs here.", "",
              "| measurement | unit | ops before | ops after | non-view before | non-view after | syncs before | "
              "syncs after | GFLOP | target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys([*bres, *ares]):
