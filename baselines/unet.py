@@ -8,7 +8,9 @@ sRGB-encoded, shading and specular Reinhard-encoded, the spaces of
 ``forward_model.decode(c, enc, clip=True)``.
 
 Training (``joinbench train unet --dataset materials``, or :meth:`UNetMethod.fit`) is
-supervised on the same procedural training stream the GAN priors see. Loss per step::
+supervised on the same procedural training data the GAN priors see (the training wing's
+device data pool; checkpoints, ``--resume``, ``--minutes``, Ctrl-C and ``--init-from`` as
+for the priors). Loss per step::
 
     sum_c [ L1(pred_c, enc(gt_c)) + lpips_weight * LPIPS-Alex(pred_c, enc(gt_c)) ]
         + render_weight * L1(render(decode(pred)), image)
@@ -27,7 +29,6 @@ resized (bilinear, antialiased) to the training resolution and the outputs resiz
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import time
@@ -158,13 +159,21 @@ class UNetTrainConfig:
     out: str | None = None  # None: runs/unet/<dataset>-<resolution>
     minutes: float | None = None
     progress: bool = True
+    log_kimg: float = 4.0
+    snapshot_kimg: float = 100.0
+    pool_size: int | None = None  # pooled training images on the device; None: 16,384 on CUDA, 8 batches elsewhere
+    pool_refresh: float = 0.25
+    pool_reuse: float = 4.0
+    render_chunk: int | None = None  # images per render call; None: the pool's default
+    init_from: str | None = None  # "shipped" or a folder holding <dataset>-unet.safetensors to continue
 
     def net_config(self) -> UNetConfig:
         return UNetConfig(base_width=self.base_width, levels=self.levels)
 
     def check(self) -> None:
-        if self.batch < 1 or self.kimg <= 0:
-            raise JoinbenchError(f"--batch must be >= 1 and --kimg > 0 (got batch {self.batch}, kimg {self.kimg}).")
+        from joinbench.training.loop import check_training_numbers
+
+        check_training_numbers(self.batch, self.kimg, self.minutes, self.lr)
         if self.lpips_weight < 0 or self.render_weight < 0:
             raise JoinbenchError("--lpips-weight and the render weight must be >= 0.")
         if self.resolution % 2 ** (self.levels - 1):
@@ -172,8 +181,16 @@ class UNetTrainConfig:
                                  f"{2 ** (self.levels - 1)}; use fewer --levels or another resolution.")
 
 
+# settings that change the optimisation or the data: a resumed run must keep them
+_RESUME_KEYS = ("dataset", "batch", "resolution", "base_width", "levels", "lr", "lr_final", "lpips_weight",
+                "render_weight", "seed", "pool_size", "pool_refresh", "pool_reuse")
+
+
 class UNetTrainer:
-    """The U-Net, its optimiser and the loss; ``step(batch)`` takes one stream batch."""
+    """The U-Net, its optimiser and the loss; ``step(batch)`` takes one batch of linear
+    components and display images. The training wing's checkpoint unit (name ``unet``)."""
+
+    name = "unet"
 
     def __init__(self, cfg: UNetTrainConfig, device: torch.device | str, forward_model: ForwardModel):
         self.cfg, self.device, self.fm = cfg, torch.device(device), forward_model
@@ -187,6 +204,8 @@ class UNetTrainer:
             from joinbench.lpips_weights import lpips_model
 
             self.lpips = lpips_model("alex", self.device)
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
 
     def set_progress(self, progress: float) -> float:
         """Cosine decay from lr to lr * lr_final as ``progress`` goes 0 -> 1; returns the lr."""
@@ -197,7 +216,7 @@ class UNetTrainer:
             g["lr"] = lr
         return lr
 
-    def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         fm, cfg = self.fm, self.cfg
         image = batch["image"].to(self.device, torch.float32)
         pred = split_components(self.net(image))
@@ -217,20 +236,81 @@ class UNetTrainer:
             terms["render"] = (rerender - image).abs().mean()
         total = sum(v * (cfg.lpips_weight if k.startswith("lpips_") else cfg.render_weight if k == "render" else 1.0)
                     for k, v in terms.items())
-        return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        return total, {"loss": total, **terms}
 
-    def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One Adam step; returns the loss terms as tensors (read them back only when needed)."""
         self.net.train()
         loss, terms = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        terms = {k: v.detach() for k, v in terms.items()}
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+        self.count += 1
         return terms
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Tensor]) -> dict[str, float]:
         self.net.eval()
-        return self.losses(batch)[1]
+        return {k: float(v) for k, v in self.losses(batch)[1].items()}
+
+    def pop_losses(self) -> dict[str, float]:
+        out = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+    def init_from(self, folder: Path, dataset: str) -> dict[str, Any]:
+        """Continue the exported U-Net of ``dataset`` in ``folder`` (its network must match)."""
+        from joinbench.training.sidecar import init_record
+
+        net, sc = load_unet(weights_file(dataset, folder), dataset, self.device)
+        if net.config != self.net.config or int(sc["resolution"]) != self.cfg.resolution:
+            raise UNetWeightsError(f"--init-from {folder}: the {dataset} U-Net has width {net.config.base_width}, "
+                                   f"{net.config.levels} levels at {sc['resolution']} px, not {self.cfg.base_width}, "
+                                   f"{self.cfg.levels} at {self.cfg.resolution} px; train with its settings or drop --init-from.")
+        with torch.no_grad():
+            self.net.load_state_dict(net.state_dict())
+        return init_record(sc, folder, sha256=sc.get("sha256"))
+
+    # -- checkpoint interface ------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"unet.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+
+    def load_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.net.load_state_dict({k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}, strict=True)
+
+    def state(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+
+
+class UNetTraining:
+    """One ``train unet`` run's engine (a :class:`~joinbench.training.loop.Trainer`): the data
+    pool (display image and linear components per image) and the U-Net; the learning rate
+    follows the run's progress (images or ``--minutes``, whichever is further)."""
+
+    def __init__(self, cfg: UNetTrainConfig, dataset, device: torch.device):
+        from joinbench.training.data import DataPool
+
+        keep = ("image", *COMPONENTS)
+        self.data = DataPool(dataset, lambda b: {k: b[k] for k in keep if k in b}, device, cfg.seed, cfg.resolution,
+                             cfg.batch, cfg.pool_size, cfg.pool_refresh, cfg.pool_reuse, cfg.render_chunk)
+        self.trainer = UNetTrainer(cfg, device, dataset.forward_model)
+        self.units = [self.trainer]
+
+    def iteration(self, step: int = 0, progress: float = 0.0) -> None:
+        self.trainer.set_progress(progress)
+        self.trainer.step(self.data.draw())
+
+    def pop_losses(self) -> dict[str, dict[str, float]]:
+        return {"unet": self.trainer.pop_losses()}
+
+    def snapshot(self, out: Path, clock) -> None:
+        """Nothing besides the checkpoint."""
 
 
 def export_unet(out: Path, dataset: str, net: UNet, resolution: int, forward_model: str,
@@ -256,64 +336,40 @@ def export_unet(out: Path, dataset: str, net: UNet, resolution: int, forward_mod
     return path
 
 
-def train_unet(cfg: UNetTrainConfig) -> Path:
-    """Train the U-Net of ``cfg.dataset`` on its procedural stream and export it; returns the
-    exported ``.safetensors`` path (the sidecar is beside it)."""
-    from tqdm import tqdm
-
-    from joinbench.env import (
-        device_name,
-        git_commit,
-        resolve_device,
-        synchronize,
-        versions,
-    )
-    from joinbench.gan.train import TrainStream, create_training_dataset
+def train_unet(cfg: UNetTrainConfig, resume: bool = False) -> Path:
+    """Train (or resume) the U-Net of ``cfg.dataset`` on its procedural data in the training wing
+    and export it; returns the exported ``.safetensors`` path (the sidecar is beside it)."""
+    from joinbench.env import resolve_device
+    from joinbench.training.data import create_training_dataset, pool_defaults
+    from joinbench.training.loop import RunSpec, TrainingRun
+    from joinbench.training.sidecar import resolve_init_from, run_record
 
     cfg.check()
     device = resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else Path("runs") / "unet" / f"{cfg.dataset}-{cfg.resolution}"
+    defaults = pool_defaults(device, cfg.batch)
+    cfg.pool_size = cfg.pool_size or defaults["size"]
+    cfg.render_chunk = cfg.render_chunk or defaults["render_chunk"]
+    cfg.out = cfg.out or str(Path("runs") / "unet" / f"{cfg.dataset}-{cfg.resolution}")
+    init_folder = resolve_init_from(cfg.init_from) if cfg.init_from is not None else None
+    run = TrainingRun(cfg.out, resume)
+    run.check_settings(cfg, _RESUME_KEYS, device)
     ds = create_training_dataset(cfg.dataset, cfg.resolution)
     fm = ds.forward_model
-    trainer = UNetTrainer(cfg, device, fm)
-    stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution)
-    total = round(cfg.kimg * 1000)
-    budget = None if cfg.minutes is None else 60.0 * cfg.minutes
-    nimg, step, recent = 0, 0, []
-    first_losses: dict[str, float] | None = None
-    start = time.perf_counter()
-    bar = tqdm(total=total, unit="img", unit_scale=True, disable=not cfg.progress,
-               desc=f"{cfg.dataset}/unet", dynamic_ncols=True)
-    try:
-        while nimg < total:
-            elapsed = time.perf_counter() - start
-            if budget is not None and elapsed >= budget:
-                break
-            trainer.set_progress(max(nimg / total, elapsed / budget if budget else 0.0))
-            terms = trainer.step(next(stream))
-            first_losses = first_losses or terms
-            recent = (recent + [terms])[-20:]
-            nimg, step = nimg + cfg.batch, step + 1
-            bar.update(min(cfg.batch, total - (nimg - cfg.batch)))
-            if step % 5 == 0 or nimg >= total:
-                rate = nimg / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{rate:.1f} img/s loss {terms['loss']:.4f}")
-    finally:
-        bar.close()
-    synchronize(device)
-    wall = time.perf_counter() - start
-    final = {k: round(sum(t[k] for t in recent) / len(recent), 6) for k in recent[0]} if recent else {}
-    info = {
-        "images_seen": nimg, "kimg": nimg / 1000, "steps": step, "wall_time_s": round(wall, 1),
-        "throughput_images_per_s": round(nimg / max(wall, 1e-9), 2),
-        "device": device_name(device), "commit": git_commit(), "versions": versions(),
-        "encoding": fm.describe(),
-        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "progress")},
-        "final_losses": final, "final_losses_over_steps": len(recent),
-        "first_losses": {k: round(v, 6) for k, v in (first_losses or {}).items()},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return export_unet(out, cfg.dataset, trainer.net.eval(), cfg.resolution, fm.name, info)
+    training = UNetTraining(cfg, ds, device)
+    init = run.saved_init
+    if not run.resuming and init_folder is not None:
+        init = training.trainer.init_from(init_folder, cfg.dataset)
+    config = dataclasses.asdict(cfg)
+    spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/unet", device=device, minutes=cfg.minutes,
+                   log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress, log_first_step=True,
+                   scalars={"config": {**config, "device_type": device.type}, "init": init},
+                   postfix=lambda last: f"loss {last.get('unet', {}).get('loss', float('nan')):.4f}")
+    done = run.train(training, spec)
+    train = {k: v for k, v in config.items() if k not in ("out", "progress")}
+    info = run_record(done.cur_nimg, done.steps, done.wall_s, device, done.log_path, train, init)
+    info.update({"encoding": fm.describe(), "final_losses": done.last_losses.get("unet", {}),
+                 "first_losses": done.first_losses.get("unet", {})})
+    return export_unet(run.out, cfg.dataset, training.trainer.net.eval(), cfg.resolution, fm.name, info)
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,5 +518,5 @@ register_method(
     description="feed-forward: compact U-Net (image -> encoded albedo/shading/specular), supervised on the procedural stream",
 )
 
-__all__ = ["UNet", "UNetConfig", "UNetMethod", "UNetMethodConfig", "UNetTrainConfig", "UNetTrainer",
+__all__ = ["UNet", "UNetConfig", "UNetMethod", "UNetMethodConfig", "UNetTrainConfig", "UNetTrainer", "UNetTraining",
            "UNetWeightsError", "count_parameters", "export_unet", "load_unet", "train_unet", "weights_file"]

@@ -10,8 +10,9 @@ import typer
 
 from .env import command_line
 from .errors import Interrupted, JoinbenchError, did_you_mean
-from .gan.cli import priors_app, train_app
+from .gan.cli import priors_app
 from .registry import REGISTRIES
+from .training.cli import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="joinbench: intrinsic image decomposition benchmark (JoIN and baselines).")

@@ -19,7 +19,7 @@ from joinbench.baselines.unet import (
 )
 
 from joinbench.errors import JoinbenchError
-from joinbench.gan.train import create_training_dataset
+from joinbench.training.data import create_training_dataset
 from joinbench.registry import create_dataset, create_method
 
 RES, WIDTH, BATCH = 16, 8, 8
@@ -132,10 +132,47 @@ def test_run_benchmark(exported, tmp_path):
 
 
 def test_minutes_budget_stops_and_exports(tmp_path):
-    cfg = UNetTrainConfig(resolution=RES, base_width=WIDTH, lpips_weight=0.0, batch=4, kimg=1000.0, minutes=0.0,
+    """The training wing's budget: a tiny --minutes stops after one step with an export (0 is an error)."""
+    cfg = UNetTrainConfig(resolution=RES, base_width=WIDTH, lpips_weight=0.0, batch=4, kimg=1000.0, minutes=1e-6,
                           device="cpu", out=str(tmp_path), progress=False)
     path = train_unet(cfg)
-    assert path.is_file() and json.loads(path.with_suffix(".json").read_text())["images_seen"] == 0
+    assert path.is_file() and json.loads(path.with_suffix(".json").read_text())["images_seen"] == 4
+    with pytest.raises(JoinbenchError, match="--minutes must be"):
+        train_unet(UNetTrainConfig(resolution=RES, minutes=0.0, device="cpu", out=str(tmp_path / "z")))
+
+
+def test_resume_and_init_from_continue_the_unet(tmp_path):
+    """A run interrupted by Ctrl-C resumes exactly (as a straight run), and --init-from continues an export:
+    the weights carry over, images seen and the history add up."""
+    from safetensors.torch import load_file
+
+    def cfg(out, **kw):
+        return UNetTrainConfig(**{**dict(resolution=RES, base_width=WIDTH, lpips_weight=0.0, batch=4, kimg=0.016,
+                                         device="cpu", out=str(out), progress=False, log_kimg=0.008), **kw})
+
+    from joinbench.training import clock
+
+    straight = train_unet(cfg(tmp_path / "a"))
+    advance = clock.TrainClock.advance
+
+    def ctrl_c_in_the_second_batch(self):
+        if self.step == 1:
+            self._on_sigint(2, None)
+        advance(self)
+
+    with pytest.MonkeyPatch.context() as mp:  # not --minutes: its time-based lr schedule is not reproducible
+        mp.setattr(clock.TrainClock, "advance", ctrl_c_in_the_second_batch)
+        with pytest.raises(KeyboardInterrupt, match="--resume"):
+            train_unet(cfg(tmp_path / "b"))
+    resumed = train_unet(cfg(tmp_path / "b"), resume=True)
+    a = load_file(str(straight.parent / "checkpoint" / "models.safetensors"))
+    b = load_file(str(resumed.parent / "checkpoint" / "models.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    more = train_unet(cfg(tmp_path / "c", kimg=0.008, init_from=str(straight.parent)))
+    side = json.loads(more.with_suffix(".json").read_text())
+    assert side["images_seen"] == 24 and [h["images"] for h in side["history"]] == [16, 8]
+    with pytest.raises(JoinbenchError, match="another|width"):
+        train_unet(cfg(tmp_path / "d", base_width=4, init_from=str(straight.parent)))
 
 
 def test_cli_trains_and_exports(tmp_path):

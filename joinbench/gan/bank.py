@@ -34,7 +34,7 @@ from ..forward import COMPONENTS
 from ..weights_io import load_checked
 from .fused import FusedDiscriminator, FusedGenerator
 from .model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from .train import FORMAT, export_stem, to_display
+from .prior_format import FORMAT, export_stem, to_display
 
 PRIOR_COMPONENTS = (*COMPONENTS, "joint")
 

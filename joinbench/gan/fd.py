@@ -97,9 +97,7 @@ class VGGFeatures:
 
 def _dataset_features(dataset, components: Sequence[str], n: int, seed: int, resolution: int,
                       extractor: VGGFeatures, batch: int) -> dict[str, Tensor]:
-    from .train import TrainStream
-
-    stream = TrainStream(dataset, batch, extractor.device, seed, resolution)
+    stream = dataset.train_stream(batch, extractor.device, seed, resolution)
     feats: dict[str, list[Tensor]] = {c: [] for c in components}
     done = 0
     while done < n:
@@ -130,7 +128,7 @@ def evaluate_priors(priors: Sequence, n: int = 5000, device: str | torch.device 
                     batch: int = 64, truncation_psi: float = 1.0, update_sidecar: bool = False) -> dict[str, dict[str, Any]]:
     """FD-VGG of several priors of one dataset and resolution, sharing the procedural reference sets."""
     from ..env import resolve_device
-    from .train import create_training_dataset
+    from ..training.data import create_training_dataset
 
     if not priors:
         return {}

@@ -1,70 +1,92 @@
-"""Train StyleGAN2 priors on a procedural dataset's infinite training stream.
+"""Train StyleGAN2 priors on a procedural dataset: the launch-lean engine behind ``joinbench train prior``.
 
-What a step does (StyleGAN2-ADA's ``StyleGAN2Loss`` without path-length regularisation and
-without ADA, which an infinite, never-repeating stream does not need):
+**The maths** (StyleGAN2-ADA's ``StyleGAN2Loss`` without path-length regularisation and
+without ADA, which an endless, never-repeating procedural source does not need):
 
-1. **G**: non-saturating logistic loss ``softplus(-D(G(z)))`` (style mixing with
-   probability ``style_mixing_prob``, per-layer noise), Adam step on G.
-2. **D**: ``softplus(D(G(z))) + softplus(-D(x))``, Adam step on D.
-3. **R1** every ``r1_interval`` D steps (lazy regularisation): ``gamma / 2 * |grad_x D(x)|^2``
+1. **G**: non-saturating logistic loss ``softplus(-D(G(z)))`` with style mixing (probability
+   ``style_mixing_prob``, a cutoff layer drawn per sample) and per-layer noise; Adam on G.
+2. **D**: ``softplus(D(G(z))) + softplus(-D(x))`` on fresh fakes and the real batch; Adam on D.
+3. **R1** every ``r1_interval`` iterations (lazy regularisation): ``gamma / 2 * |grad_x D(x)|^2``
    times the interval, in float32; D's Adam uses ``lr * c`` and ``beta ** c`` with
    ``c = interval / (interval + 1)`` to compensate.
-4. **EMA** of G: ``beta = 0.5 ** (batch / ema_nimg)`` with ``ema_nimg = min(ema_kimg * 1000,
-   images_seen * ema_rampup)``.
+4. **EMA** of G: ``beta = 0.5 ** (batch / ema_nimg)``, ``ema_nimg = min(ema_kimg * 1000,
+   images_seen * ema_rampup)``; ``w_avg`` tracks the mean mapped latent.
 
-Data: one batch per step from the dataset's procedural stream (the seeds
-``ProceduralDataset.train_stream`` draws, with its torch.Generator checkpointed, so a run
-resumes exactly; rendered ``render_chunk`` images at a time, which does not change them), each component encoded with the forward model and mapped to [-1, 1]. With
-``component='all'`` the three component GANs train interleaved on the same rendered scenes
-(each sees only its own component); ``'joint'`` is one 9-channel GAN on the concatenation
-albedo | shading | specular. All randomness comes from seeded ``torch.Generator``s whose
-states are checkpointed. On CUDA: TF32 and bf16 autocast for the forward passes, R1 in
-float32. On CPU: float32.
+**Hyper-parameters by batch and resolution** follow StyleGAN2-ADA's ``auto`` config
+(its ``train.py``, ``cfg_specs``): the learning rate is **not** scaled with the batch
+(``lrate`` is 0.0025 for every batch below 1024 px, 0.002 at 1024 px; G and D alike);
+``gamma = 0.0002 * resolution ** 2 / batch``; ``ema_kimg = batch * 10 / 32`` (the EMA
+half-life stays 312.5 iterations whatever the batch), ramp-up 0.05 (ADA turns the ramp-up off
+when it continues a trained network: so does ``--init-from``); minibatch-std groups of 4.
+So ``--batch 512`` trains with lr 0.0025, gamma 0.0016 at 64 px and a 160 kimg EMA.
 
-Outputs in ``out``: ``checkpoint/`` (safetensors weights, ``torch.save``d optimiser and RNG
-tensors loaded with ``weights_only=True``, JSON scalars), ``log.jsonl``, sample grids
-``samples-<component>-<kimg>.png`` (fixed z, EMA generator, constant noise), and the export
+**The engine** (issue 14): at 64 px a GPU is bound by kernel launches, so an iteration is
+written to launch few kernels and never wait for the host:
+
+* the models of a run are one grouped network (:mod:`joinbench.gan.fused`): ``--component
+  all`` steps albedo, shading and specular as one bank, one kernel per layer for all three,
+  one fused Adam per G and D; a single component or ``joint`` is a group of one. Each member
+  keeps its own seed and random stream, so it trains exactly as it would alone;
+* batches come from a device-resident :class:`~joinbench.training.data.DataPool` rendered in
+  large calls (an index draw and a gather per iteration);
+* every random number of an iteration is drawn into fixed buffers first (one ``normal_`` and
+  one ``uniform_`` per member); style mixing uses a per-sample cutoff mask, not a slice at a
+  random cutoff; the EMA coefficient and the learning rates are tensors; gradients come from
+  ``torch.autograd.grad`` into capturable fused Adam; D scores fakes and reals in one call
+  (the batch interleaved so every minibatch-std group stays within fakes or within reals);
+* so the G step, the D step, the R1 step and the EMA are functions without host syncs that
+  a CUDA graph captures (``--cuda-graphs``, on by default on CUDA) and that
+  ``torch.compile(fullgraph=True)`` traces without a graph break (tested);
+* precision: ``fp32`` (TF32 on CUDA) by default: bf16 autocast inserts a cast per weight and
+  activation per layer, ~500 more launches per model step (counted with ``joinbench profile
+  train --emulate-cuda``); ``bf16`` keeps that option, ``fp64`` is for exactness tests.
+
+:class:`PriorTraining` is one run's engine; :meth:`PriorTraining.iteration` is one training
+iteration (batch draw, the members' random draws, G, D, R1 when due, EMA), which
+``joinbench profile train`` counts. :func:`train_prior` runs it in the training wing
+(checkpoints, ``--resume``, ``--minutes``, Ctrl-C, logs) and exports
 ``<dataset>-<component>-{G,D}.safetensors`` (EMA generator, discriminator; float16) with
-``<dataset>-<component>.json``.
+``<dataset>-<component>.json``. ``--init-from shipped`` (or a folder of exports) continues
+exported priors: G and G_ema from the exported EMA generator, D from the exported
+discriminator, fresh optimiser state; images seen and the history accumulate in the sidecar.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as _dt
-import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from types import SimpleNamespace
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..env import sha256_file
 from ..errors import JoinbenchError, did_you_mean
 from ..forward import COMPONENTS
+from ..training.data import DataPool, create_training_dataset, encode_batch, pool_defaults
+from ..training.graphs import StepGraph, adam_step, make_adam, optimizer_tensors
+from ..training.loop import check_training_numbers, model_seed
+from .fused import FusedDiscriminator, FusedGenerator, stack_state_dicts, unstack_state_dict
 from .model import ConfigDict, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, count_parameters
+from .prior_format import FD_METHOD, FORMAT, export_stem, grid_rows, to_display
 
 TRAIN_TARGETS = (*COMPONENTS, "all", "joint")
-MODEL_NAMES = (*COMPONENTS, "joint")
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_VERSION = 1
-FORMAT = "joinbench-gan-prior"
-FD_METHOD = ("FD-VGG16: Frechet distance of VGG16 conv5_3 (after ReLU) features, global-average-pooled "
-             "(512-d), images at native resolution in [0, 1] display encoding, ImageNet-normalised")
-# Settings that change the optimisation: a resumed run must keep them.
+PRECISIONS = ("fp32", "bf16", "fp64")
+LOSS_KEYS = ("loss_G", "loss_D", "D_real", "D_fake", "r1_penalty")
+# Settings that change the optimisation or the data: a resumed run must keep them.
 _RESUME_KEYS = ("dataset", "component", "batch", "resolution", "r1_gamma", "r1_interval", "lr", "beta1", "beta2",
                 "ema_kimg", "ema_rampup", "style_mixing_prob", "seed", "z_dim", "w_dim", "mapping_layers",
-                "channel_base", "channel_max", "mbstd_group_size", "forward_model")
+                "channel_base", "channel_max", "mbstd_group_size", "forward_model", "pool_size", "pool_refresh",
+                "pool_reuse", "precision")
 
 
 @dataclass
 class TrainConfig(ConfigDict):
-    """Everything a training run depends on. ``None`` fields are resolved by :meth:`resolved`."""
+    """Everything a training run depends on. ``None`` fields are resolved by :meth:`resolved`
+    (and the pool's by :func:`train_prior`, which knows the device)."""
 
     # saved configs carry extra keys (e.g. the checkpoint's device_type): from_dict drops them
     ignore_unknown_keys: ClassVar[bool] = True
@@ -76,11 +98,11 @@ class TrainConfig(ConfigDict):
     resolution: int = 64
     r1_gamma: float | None = None  # None: StyleGAN2-ADA 'auto', 0.0002 * res^2 / batch
     r1_interval: int = 16
-    lr: float = 0.0025
+    lr: float = 0.0025  # StyleGAN2-ADA 'auto' below 1024 px, for every batch size
     beta1: float = 0.0
     beta2: float = 0.99
     ema_kimg: float | None = None  # None: StyleGAN2-ADA 'auto', batch * 10 / 32
-    ema_rampup: float | None = 0.05
+    ema_rampup: float | None = 0.05  # None with --init-from (as ADA when it resumes)
     style_mixing_prob: float = 0.9
     seed: int = 0
     device: str = "auto"
@@ -98,10 +120,15 @@ class TrainConfig(ConfigDict):
     grid_size: int = 32
     progress: bool = True
     minutes: float | None = None  # stop (checkpoint + export) after this much training time in this invocation
-    # images rendered per call of the procedural generator (a multiple of batch); None: one batch.
-    # The data are the same for any value (see TrainStream). Larger chunks amortise the
-    # generator's per-call kernel launches on a GPU; not yet validated there (see scripts/).
-    render_chunk: int | None = None
+    # the engine
+    pool_size: int | None = None  # images in the device pool; None: 16,384 on CUDA, 8 batches elsewhere
+    pool_refresh: float = 0.25  # fraction of the pool re-rendered at a time
+    pool_reuse: float = 4.0  # times each pooled image is drawn, on average, before it is replaced
+    render_chunk: int | None = None  # images per render call; None: 4,096 on CUDA, the pool elsewhere
+    precision: str = "fp32"  # fp32 (TF32 on CUDA) | bf16 (autocast forward passes) | fp64 (tests)
+    cuda_graphs: bool | None = None  # None: on for CUDA
+    adam: str = "fused"  # fused | foreach (what torch.compile traces)
+    init_from: str | None = None  # "shipped" or a folder of exported priors to continue
 
     def resolved(self) -> "TrainConfig":
         cfg = copy.copy(self)
@@ -110,13 +137,17 @@ class TrainConfig(ConfigDict):
         check_training_numbers(cfg.batch, cfg.kimg, cfg.minutes, cfg.lr)
         if cfg.r1_gamma is not None and not (math.isfinite(cfg.r1_gamma) and cfg.r1_gamma >= 0):
             raise JoinbenchError(f"--r1-gamma must be 0 or more, got {cfg.r1_gamma}.")
+        if cfg.precision not in PRECISIONS:
+            raise JoinbenchError(f"Unknown precision {cfg.precision!r}.{did_you_mean(cfg.precision, PRECISIONS)} Use one of {', '.join(PRECISIONS)}.")
         from joinbench.datasets.base import check_resolution
 
-        check_resolution(cfg.resolution)  # the datasets' own bounds: the stream renders at this size
+        check_resolution(cfg.resolution)  # the datasets' own bounds: the pool renders at this size
         if cfg.r1_gamma is None:
             cfg.r1_gamma = 0.0002 * cfg.resolution ** 2 / cfg.batch
         if cfg.ema_kimg is None:
             cfg.ema_kimg = cfg.batch * 10 / 32
+        if cfg.init_from is not None:
+            cfg.ema_rampup = None
         if cfg.out is None:
             cfg.out = str(Path("runs") / "priors" / f"{cfg.dataset}-{cfg.component}-{cfg.resolution}")
         return cfg
@@ -135,112 +166,8 @@ class TrainConfig(ConfigDict):
                                    mbstd_group_size=self.mbstd_group_size)
 
 
-def check_training_numbers(batch: int, kimg: float, minutes: float | None, lr: float,
-                           error_cls: type[JoinbenchError] = JoinbenchError) -> None:
-    """The budget and step size every training command shares, as one-line errors (nan and inf
-    included, which would otherwise fail deep inside the loop or the optimiser)."""
-    if batch < 1 or not (math.isfinite(kimg) and kimg > 0):
-        raise error_cls(f"--batch must be >= 1 and --kimg a finite number > 0 (got batch {batch}, kimg {kimg}).")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise error_cls(f"--minutes must be a finite number > 0, got {minutes} (leave it out for no time budget).")
-    if not (math.isfinite(lr) and lr > 0):
-        raise error_cls(f"--lr must be a finite number > 0, got {lr}.")
-
-
-def model_seed(seed: int, name: str) -> int:
-    """Per-model seed: a component trains identically alone or inside ``--component all``."""
-    return int(seed) * 1_000_003 + MODEL_NAMES.index(name) * 7919 + 1
-
-
-def export_stem(dataset: str, component: str) -> str:
-    return f"{dataset}-{component}"
-
-
 # ---------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------
-def create_training_dataset(name: str, resolution: int, forward_model: str | None = None):
-    from ..registry import create_dataset
-    from joinbench.datasets.base import ProceduralDataset
-
-    kwargs = {"resolution": resolution}
-    if forward_model:
-        kwargs["forward_model"] = forward_model
-    ds = create_dataset(name, **kwargs)
-    if not isinstance(ds, ProceduralDataset):
-        raise JoinbenchError(f"Dataset {name!r} has no procedural training stream; GAN priors train on "
-                             "procedural datasets (materials, faces).")
-    return ds
-
-
-class TrainStream:
-    """``ProceduralDataset.train_stream`` with a checkpointable position, optionally rendered in chunks.
-
-    It draws the same seeds as ``train_stream`` (``train_seeds`` over the same seeded CPU
-    generator: one draw of ``batch * chunk`` seeds equals ``chunk`` draws of ``batch``), and a
-    sample renders identically whatever batch it is in, so it yields the same batches for any
-    ``chunk``. Rendering ``chunk`` batches in one call is meant for GPUs: the procedural
-    generator launches ~11k (faces) to ~33k (materials) small ops per call whatever its batch
-    size (counted with torch.profiler on CPU), so at batch 64 it costs as much as a GAN step.
-    The position (generator state at the chunk start + offset) is saved and restored.
-    """
-
-    def __init__(self, dataset, batch_size: int, device: torch.device | str, seed: int, resolution: int,
-                 chunk: int = 1):
-        self.dataset, self.batch_size, self.device, self.resolution = dataset, batch_size, device, resolution
-        self.chunk = max(1, int(chunk))
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.batches = 0
-        self._chunk_start: Tensor | None = None  # generator state before the pending chunk's seeds
-        self._pending: dict[str, Tensor] | None = None
-        self._offset = 0
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        return self
-
-    def _render_chunk(self) -> None:
-        self._chunk_start = self.generator.get_state()
-        seeds = self.dataset.train_seeds(self.generator, self.batch_size * self.chunk)
-        self._pending = self.dataset.render_batch_at(seeds, self.device, self.resolution)
-
-    def __next__(self) -> dict[str, Tensor]:
-        if self._pending is None or self._offset >= self.batch_size * self.chunk:
-            self._render_chunk()
-            self._offset = 0
-        o, b = self._offset, self.batch_size
-        out = {k: v[o:o + b] for k, v in self._pending.items()}
-        self._offset += b
-        self.batches += 1
-        return out
-
-    def state(self) -> dict[str, Any]:
-        if self._pending is not None and self._offset < self.batch_size * self.chunk:
-            return {"generator": self._chunk_start, "batches": self.batches, "offset": self._offset}
-        return {"generator": self.generator.get_state(), "batches": self.batches, "offset": 0}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.batches = int(state["batches"])
-        self._pending, self._offset = None, 0
-        offset = int(state.get("offset", 0))
-        if offset:  # skip the seeds already consumed: the next chunk starts at the next unseen image
-            self.dataset.train_seeds(self.generator, offset)
-
-
-def encode_batch(batch: dict[str, Tensor], forward_model, name: str) -> Tensor:
-    """Linear components -> the training image of model ``name`` in [-1, 1] (joint: 9 channels)."""
-    comps = COMPONENTS if name == "joint" else (name,)
-    enc = [forward_model.encode(c, batch[c]) for c in comps]
-    return torch.cat(enc, dim=1).mul(2.0).sub(1.0)
-
-
-def to_display(img: Tensor) -> Tensor:
-    """Generator output (about [-1, 1]) -> encoded display space [0, 1]."""
-    return img.float().add(1.0).mul(0.5).clamp(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------
-# pieces with their own tests
+# the losses and the EMA (single networks, or groups with a member dim after the batch)
 # ---------------------------------------------------------------------------------------
 def ema_beta(batch: int, cur_nimg: int, ema_kimg: float, ema_rampup: float | None) -> float:
     """StyleGAN2-ADA's EMA coefficient: half-life ``ema_kimg`` (ramped up early in training)."""
@@ -251,273 +178,351 @@ def ema_beta(batch: int, cur_nimg: int, ema_kimg: float, ema_rampup: float | Non
 
 
 @torch.no_grad()
-def update_ema(g_ema: torch.nn.Module, g: torch.nn.Module, beta: float) -> None:
-    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters; buffers are copied."""
-    torch._foreach_lerp_(list(g_ema.parameters()), [p.detach() for p in g.parameters()], 1.0 - beta)
-    for b_ema, b in zip(g_ema.buffers(), g.buffers()):
-        b_ema.copy_(b)
+def update_ema(g_ema: torch.nn.Module, g: torch.nn.Module, beta: float | Tensor) -> None:
+    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters; buffers are copied. ``beta``
+    may be a 0-d tensor: it is then passed as one weight tensor per parameter (the overload
+    that reads nothing back to the host; a tensor as the scalar weight would be ``.item()``-ed)."""
+    ema = list(g_ema.parameters())
+    weight = [1.0 - beta] * len(ema) if isinstance(beta, Tensor) else 1.0 - beta
+    torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], weight)
+    buffers = list(g_ema.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(g.buffers()))
+
+
+def paired_logits(D: torch.nn.Module, fake: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """(fake logits, real logits) of D, in one call when the minibatch-std groups allow it.
+
+    D's minibatch-std layer groups samples ``k, k + n/g, ...`` of its batch. Interleaving the
+    two batches as ``stack([fake.view(g, B/g), real.view(g, B/g)], 1)`` makes every group of
+    the 2B batch exactly the corresponding group of fakes or of reals, so each sample's logit
+    is the one the separate calls give (same maths, half the launches). Otherwise: two calls."""
+    from .model import mbstd_group
+
+    b = fake.shape[0]
+    g = mbstd_group(b, D.config.mbstd_group_size)
+    if mbstd_group(2 * b, D.config.mbstd_group_size) != g:
+        return D(fake), D(real)
+    both = torch.stack([fake.reshape(g, b // g, *fake.shape[1:]), real.to(fake.dtype).reshape(g, b // g, *real.shape[1:])], 1)
+    logits = D(both.reshape(2 * b, *fake.shape[1:])).reshape(g, 2, b // g, *fake.shape[1:-3], 1)
+    return logits[:, 0].reshape(b, *logits.shape[3:]), logits[:, 1].reshape(b, *logits.shape[3:])
 
 
 def d_loss(D: torch.nn.Module, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Non-saturating logistic D loss; also returns the mean real and fake logits."""
-    real_logits, fake_logits = D(real).float(), D(fake).float()
-    loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-    return loss, real_logits.mean().detach(), fake_logits.mean().detach()
+    fake_logits, real_logits = paired_logits(D, fake, real)
+    loss = F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
+    return loss, real_logits.float().mean().detach(), fake_logits.float().mean().detach()
 
 
 def r1_penalty(D: torch.nn.Module, real: Tensor) -> Tensor:
-    """Per-sample ``|grad_x D(x)|^2`` in float32."""
-    real = real.detach().float().requires_grad_(True)
+    """Per-sample ``|grad_x D(x)|^2`` (over the last three dims: channels and pixels), at
+    least in float32: (B,) for a single D, (B, N) for a group."""
+    real = real.detach().to(torch.promote_types(real.dtype, torch.float32)).requires_grad_(True)
     logits = D(real)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return grad.square().sum(dim=[1, 2, 3])
+    return grad.square().sum(dim=[-3, -2, -1])
 
 
 # ---------------------------------------------------------------------------------------
-# one model (G, D, G_ema, optimisers, RNG)
+# the bank: one or more GANs of one config, stepped as one grouped network
 # ---------------------------------------------------------------------------------------
-class PriorTrainer:
-    """One GAN and everything needed to step it and checkpoint it exactly."""
+def _dtype(precision: str) -> torch.dtype:
+    return torch.float64 if precision == "fp64" else torch.float32
 
-    def __init__(self, name: str, cfg: TrainConfig, device: torch.device):
-        self.name, self.cfg, self.device = name, cfg, device
-        seed = model_seed(cfg.seed, name)
-        with torch.random.fork_rng(devices=[]):  # the same initial weights on every device
-            torch.manual_seed(seed)
-            self.G = Generator(cfg.generator_config(name))
-            self.D = Discriminator(cfg.discriminator_config(name))
-        self.G.to(device).train()
-        self.D.to(device).train()
+
+class BankTrainer:
+    """The GANs of one run (``members``: albedo, shading, specular, or one of them, or joint)
+    as one grouped G, D and G_ema with one fused Adam each, and the four step functions.
+
+    ``real`` is the fixed (B, N, C, H, W) buffer the data pool fills before each iteration.
+    :meth:`draw_random` fills the fixed random buffers (per member, from its own generator,
+    so a member's numbers do not depend on the others); then :attr:`g`, :attr:`d`, :attr:`r1`
+    and :attr:`ema` run the steps (CUDA graphs where enabled). It is also the checkpoint unit:
+    weights are saved per member under the keys of single networks (``albedo.G.…``)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, real: Tensor, graphs: bool = False):
+        self.cfg, self.device, self.real = cfg, device, real
+        self.members = cfg.model_names()
+        self.name = cfg.component
+        self.dtype = _dtype(cfg.precision)
+        gs, ds = [], []
+        for name in self.members:
+            with torch.random.fork_rng(devices=[]):  # the same initial weights on every device, as alone
+                torch.manual_seed(model_seed(cfg.seed, name))
+                gs.append(Generator(cfg.generator_config(name)))
+                ds.append(Discriminator(cfg.discriminator_config(name)))
+        self.G = FusedGenerator.from_modules(gs).to(device, self.dtype).train()
+        self.D = FusedDiscriminator.from_modules(ds).to(device, self.dtype).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.g_params, self.d_params = list(self.G.parameters()), list(self.D.parameters())
         c = cfg.r1_interval / (cfg.r1_interval + 1)
-        fused = device.type == "cuda"  # one kernel per step instead of several per parameter
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * c, betas=(cfg.beta1 ** c, cfg.beta2 ** c), eps=1e-8,
-                                      fused=fused)
-        self.gen = torch.Generator(device=device).manual_seed(seed)  # z and noise, on the device
-        self.gen_cpu = torch.Generator().manual_seed(seed + 1)  # scalar draws (mixing), no device sync
-        self.sums: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.last: dict[str, float] = {}
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.opt_G = make_adam(self.g_params, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, device, cfg.adam)
+        self.opt_D = make_adam(self.d_params, cfg.lr * c, (cfg.beta1 ** c, cfg.beta2 ** c), 1e-8, device, cfg.adam)
+        self.gens = [torch.Generator(device=device).manual_seed(model_seed(cfg.seed, n)) for n in self.members]
+        self._make_random_buffers()
+        n = len(self.members)
+        self.stats = {k: torch.zeros(n, dtype=torch.float64, device=device) for k in LOSS_KEYS}
+        self.counts = {k: 0 for k in LOSS_KEYS}
+        self.nimg = torch.zeros((), dtype=torch.float64, device=device)  # images seen (with --init-from's): EMA ramp-up
+        self.layer_index = torch.arange(self.G.num_ws, dtype=self.dtype, device=device)
+        self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False))
+                         if cfg.precision == "bf16" else contextlib.nullcontext)
+        self.g = StepGraph(self.g_step, self.state_tensors, graphs)
+        self.d = StepGraph(self.d_step, self.state_tensors, graphs)
+        self.r1 = StepGraph(self.r1_step, self.state_tensors, graphs)
+        self.ema = StepGraph(self.ema_step, self.state_tensors, graphs)
 
-    # -- sampling ----------------------------------------------------------------------
-    def _ws(self, batch: int) -> Tensor:
-        G = self.G
-        z = torch.randn(batch, G.z_dim, device=self.device, generator=self.gen)
-        ws = G.mapping(z)[:, None, :].repeat(1, G.num_ws, 1)
-        if self.cfg.style_mixing_prob > 0:
-            cutoff = int(torch.randint(1, G.num_ws, (), generator=self.gen_cpu))
-            mix = float(torch.rand((), generator=self.gen_cpu)) < self.cfg.style_mixing_prob
-            z2 = torch.randn(batch, G.z_dim, device=self.device, generator=self.gen)
-            if mix:
-                ws = torch.cat([ws[:, :cutoff], G.mapping(z2)[:, None, :].expand(-1, G.num_ws - cutoff, -1)], dim=1)
-        return ws
+    # -- random inputs ----------------------------------------------------------------------
+    def _make_random_buffers(self) -> None:
+        """One row of normals and one of uniforms per member, and views of them in the
+        layout the networks take (B, N, ...): z, noise maps, mixing cutoffs, for G and D."""
+        b, n, zd = self.cfg.batch, len(self.members), self.cfg.z_dim
+        nz = (2 if self.cfg.style_mixing_prob > 0 else 1) * b
+        shapes = [s[-2:] for s in self.G.noise_shapes()]
+        per_step = nz * zd + b * sum(h * w for h, w in shapes)
+        self.normal = torch.empty(n, 2 * per_step, dtype=self.dtype, device=self.device)
+        self.uniform = torch.empty(n, 4 * b, dtype=self.dtype, device=self.device)
 
-    def _fake(self, batch: int) -> tuple[Tensor, Tensor]:
-        ws = self._ws(batch)
-        noise = self.G.make_noise(batch, generator=self.gen, device=self.device)
-        return self.G.synthesis(ws, noise=noise), ws
+        def views(k: int) -> SimpleNamespace:
+            o = k * per_step
+            z = self.normal[:, o:o + nz * zd].view(n, nz, zd).transpose(0, 1)
+            o += nz * zd
+            noise = []
+            for h, w in shapes:
+                noise.append(self.normal[:, o:o + b * h * w].view(n, b, 1, h, w).transpose(0, 1))
+                o += b * h * w
+            u = self.uniform[:, 2 * k * b:2 * (k + 1) * b].view(n, 2, b).permute(1, 2, 0)  # (2, B, N)
+            return SimpleNamespace(z=z, noise=noise, cut=u[0], mix=u[1])
 
-    def _acc(self, key: str, value: Tensor) -> None:
-        self.sums[key] = self.sums.get(key, 0) + value.detach().float()
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.rand_g, self.rand_d = views(0), views(1)
 
-    # -- one training iteration ---------------------------------------------------------
-    def step(self, real: Tensor, d_step: int) -> None:
-        cfg, b = self.cfg, real.shape[0]
-        # G: non-saturating loss
-        self.G.requires_grad_(True)
-        self.D.requires_grad_(False)
-        with self.autocast:
-            fake, _ = self._fake(b)
-            loss_g = F.softplus(-self.D(fake).float()).mean()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_G.step()
-        self._acc("loss_G", loss_g)
-        # D: logistic loss on fresh fakes and the real batch
-        self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
-        with torch.no_grad(), self.autocast:
-            fake, ws = self._fake(b)
-            self.G.mapping.w_avg.lerp_(ws[:, 0].float().mean(0), 1.0 - self.G.config.w_avg_beta)
-        with self.autocast:
-            loss_d, real_logit, fake_logit = d_loss(self.D, real, fake)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_D.step()
-        self._acc("loss_D", loss_d)
-        self._acc("D_real", real_logit)
-        self._acc("D_fake", fake_logit)
-        # lazy R1 in float32
-        if cfg.r1_gamma > 0 and d_step % cfg.r1_interval == 0:
-            penalty = r1_penalty(self.D, real)
-            loss_r1 = (penalty * (cfg.r1_gamma / 2)).mean() * cfg.r1_interval
-            self.opt_D.zero_grad(set_to_none=True)
-            loss_r1.backward()
-            self.opt_D.step()
-            self._acc("r1_penalty", penalty.mean())
-        self.D.requires_grad_(False)
+    def draw_random(self) -> None:
+        """Fresh random inputs for one iteration: two in-place draws per member, no host sync."""
+        for i, gen in enumerate(self.gens):
+            self.normal[i].normal_(generator=gen)
+            self.uniform[i].uniform_(generator=gen)
 
-    def end_step(self, cur_nimg: int, batch: int) -> None:
-        update_ema(self.G_ema, self.G, ema_beta(batch, cur_nimg, self.cfg.ema_kimg, self.cfg.ema_rampup))
+    def _ws(self, r: SimpleNamespace) -> Tensor:
+        """Mapped latents with style mixing: (B, N, num_ws, w_dim), or (B, N, w_dim) without mixing.
+        Each sample mixes with probability ``style_mixing_prob`` at its own cutoff layer
+        (uniform in 1 .. num_ws - 1): layers below the cutoff take w1, the others w2."""
+        w = self.G.mapping(r.z)
+        b = self.cfg.batch
+        if self.cfg.style_mixing_prob <= 0:
+            return w
+        cutoff = torch.where(r.mix < self.cfg.style_mixing_prob, (r.cut * (self.G.num_ws - 1)).floor() + 1,
+                             float(self.G.num_ws))
+        below = self.layer_index < cutoff[..., None]  # (B, N, num_ws)
+        return torch.where(below[..., None], w[:b, :, None], w[b:, :, None])
 
-    def pop_losses(self) -> dict[str, float]:
-        out = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
-        self.sums, self.counts = {}, {}
-        self.last.update(out)
+    # -- the four steps (no host sync in any of them) ---------------------------------------
+    def g_step(self) -> None:
+        with self.autocast():
+            img = self.G.synthesis(self._ws(self.rand_g), noise=self.rand_g.noise)
+            logits = self.D(img)
+        loss = F.softplus(-logits.float()).mean(dim=(0, 2))  # (N,): one loss per member
+        adam_step(self.opt_G, self.g_params, torch.autograd.grad(loss.sum(), self.g_params))
+        self.stats["loss_G"].add_(loss.detach())
+
+    def d_step(self) -> None:
+        with torch.no_grad(), self.autocast():
+            ws = self._ws(self.rand_d)
+            fake = self.G.synthesis(ws, noise=self.rand_d.noise)
+            w1 = ws[:, :, 0] if ws.ndim == 4 else ws
+            self.G.mapping.w_avg.lerp_(w1.to(self.dtype).mean(0), 1.0 - self.G.config.w_avg_beta)
+        with self.autocast():
+            fake_logits, real_logits = paired_logits(self.D, fake, self.real)
+        fake_logits, real_logits = fake_logits.float(), real_logits.float()
+        loss = F.softplus(fake_logits).mean(dim=(0, 2)) + F.softplus(-real_logits).mean(dim=(0, 2))
+        adam_step(self.opt_D, self.d_params, torch.autograd.grad(loss.sum(), self.d_params))
+        self.stats["loss_D"].add_(loss.detach())
+        self.stats["D_real"].add_(real_logits.detach().mean(dim=(0, 2)))
+        self.stats["D_fake"].add_(fake_logits.detach().mean(dim=(0, 2)))
+
+    def r1_step(self) -> None:
+        cfg = self.cfg
+        penalty = r1_penalty(self.D, self.real)  # (B, N), float32 or float64
+        loss = (penalty * (cfg.r1_gamma / 2)).mean(0) * cfg.r1_interval
+        grads = torch.autograd.grad(loss.sum(), self.d_params, allow_unused=True)  # D's output bias: None, skipped
+        adam_step(self.opt_D, self.d_params, grads)
+        self.stats["r1_penalty"].add_(penalty.detach().mean(0))
+
+    @torch.no_grad()
+    def ema_step(self) -> None:
+        cfg = self.cfg
+        if cfg.ema_rampup is None:
+            ema_nimg = torch.full_like(self.nimg, cfg.ema_kimg * 1000)
+        else:
+            ema_nimg = (self.nimg * cfg.ema_rampup).clamp(max=cfg.ema_kimg * 1000)
+        beta = torch.pow(0.5, cfg.batch / ema_nimg.clamp(min=1e-8))
+        update_ema(self.G_ema, self.G, beta.to(self.dtype))
+        self.nimg.add_(cfg.batch)
+
+    def step(self, r1: bool) -> None:
+        """One iteration after the batch is in :attr:`real`: random draws, G, D, R1 if ``r1``, EMA."""
+        self.draw_random()
+        self.g()
+        self.d()
+        if r1:
+            self.r1()
+        self.ema()
+        self.counts["loss_G"] += 1
+        self.counts["loss_D"] += 1
+        self.counts["D_real"] += 1
+        self.counts["D_fake"] += 1
+        self.counts["r1_penalty"] += int(r1)
+
+    def state_tensors(self) -> list[Tensor]:
+        """Every tensor a step mutates (restored after a CUDA graph's warm-up runs)."""
+        mods = (self.G, self.D, self.G_ema)
+        return [*(t for m in mods for t in (*m.parameters(), *m.buffers())), *optimizer_tensors(self.opt_G),
+                *optimizer_tensors(self.opt_D), *self.stats.values(), self.nimg]
+
+    # -- losses ------------------------------------------------------------------------------
+    def pop_losses(self) -> dict[str, dict[str, float]]:
+        """Per member, the mean of each loss since the last call (one read-back for all)."""
+        keys = [k for k in LOSS_KEYS if self.counts[k]]
+        if not keys:
+            return {}
+        values = torch.stack([self.stats[k] for k in keys]).tolist()
+        out = {m: {k: values[i][j] / self.counts[k] for i, k in enumerate(keys)} for j, m in enumerate(self.members)}
+        for k in LOSS_KEYS:
+            self.stats[k].zero_()
+            self.counts[k] = 0
         return out
 
-    # -- state -------------------------------------------------------------------------
+    # -- members as single networks (checkpoints, export, --init-from) ----------------------
+    def singles(self) -> list[tuple[Generator, Discriminator]]:
+        """(G_ema, D) of each member as single networks (copies), for grids and export."""
+        return list(zip(self.G_ema.unstack(), self.D.unstack()))
+
     def tensors(self) -> dict[str, Tensor]:
         out = {}
         for part in ("G", "D", "G_ema"):
-            for k, v in getattr(self, part).state_dict().items():
-                out[f"{self.name}.{part}.{k}"] = v.detach().cpu().contiguous()
+            for name, sd in zip(self.members, unstack_state_dict(getattr(self, part).state_dict())):
+                out.update({f"{name}.{part}.{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
         return out
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
         for part in ("G", "D", "G_ema"):
-            prefix = f"{self.name}.{part}."
-            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            getattr(self, part).load_state_dict(sd, strict=True)
+            sds = []
+            for name in self.members:
+                prefix = f"{name}.{part}."
+                sds.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            getattr(self, part).load_state_dict(stack_state_dicts(sds), strict=True)
 
     def state(self) -> dict[str, Any]:
         return {"opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "gen": self.gen.get_state(), "gen_cpu": self.gen_cpu.get_state()}
+                "gens": [g.get_state() for g in self.gens], "nimg": self.nimg.cpu(),
+                "stats": {k: v.cpu() for k, v in self.stats.items()}, "counts": dict(self.counts)}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.gen.set_state(state["gen"])
-        self.gen_cpu.set_state(state["gen_cpu"])
+        for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
+            lr = opt.param_groups[0]["lr"]
+            opt.load_state_dict(state[key])
+            opt.param_groups[0]["lr"] = lr  # the tensor on this device (a checkpointed run keeps --lr)
+        for g, s in zip(self.gens, state["gens"]):
+            g.set_state(s)
+        with torch.no_grad():
+            self.nimg.copy_(state["nimg"])
+            for k, v in state["stats"].items():
+                self.stats[k].copy_(v)
+        self.counts = {k: int(state["counts"].get(k, 0)) for k in LOSS_KEYS}
+
+    def init_from(self, folder: Path, dataset: str) -> dict[str, dict[str, Any]]:
+        """Continue the exported priors in ``folder``: G and G_ema from each member's exported
+        EMA generator, D from its discriminator; returns each member's initialisation record."""
+        from ..training.sidecar import init_record
+        from .bank import load_prior
+
+        priors = [load_prior(dataset, name, self.device, folder) for name in self.members]
+        for p, name in zip(priors, self.members):
+            wanted = (self.cfg.generator_config(name), self.cfg.discriminator_config(name))
+            diff = [f"{k}: {a!r} there, {want.to_dict().get(k)!r} here" for have, want in zip((p.g_config, p.d_config), wanted)
+                    for k, a in have.to_dict().items() if want.to_dict().get(k) != a]
+            if diff:
+                raise JoinbenchError(f"--init-from {folder}: the {dataset} {name} prior has another network "
+                                     f"({'; '.join(diff)}); train with its settings (e.g. --resolution "
+                                     f"{p.g_config.resolution}) or drop --init-from.")
+        with torch.no_grad():
+            g = stack_state_dicts([p.G.state_dict() for p in priors])
+            for module, sd in ((self.G, g), (self.G_ema, g), (self.D, stack_state_dicts([p.D.state_dict() for p in priors]))):
+                module.load_state_dict(sd, strict=True)
+        init = {name: init_record(p.sidecar, folder, sha256=p.sha256) for p, name in zip(priors, self.members)}
+        self.nimg.fill_(max(r["images_seen"] for r in init.values()))
+        return init
 
 
 # ---------------------------------------------------------------------------------------
-# checkpoints
+# one run's engine: the data pool and the bank
 # ---------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+class PriorTraining:
+    """The engine of one ``train prior`` run (a :class:`~joinbench.training.loop.Trainer`):
+    the device-resident pool of encoded training images and the :class:`BankTrainer`.
 
+    ``cfg`` must be resolved (:meth:`TrainConfig.resolved`). Building it renders the pool;
+    :meth:`iteration` is one training iteration. The pool keeps, per image, the encoded
+    components the run trains on (9 channels for ``all`` and ``joint``) in [-1, 1]."""
 
-def save_checkpoint(out: Path, trainers: list[PriorTrainer], stream: TrainStream, scalars: dict[str, Any]) -> Path:
-    """Write ``out/checkpoint`` (weights, optimiser + RNG state, scalars) as one directory swap."""
-    from safetensors.torch import save_file
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.dataset = create_training_dataset(cfg.dataset, cfg.resolution, cfg.forward_model)
+        fm = self.dataset.forward_model
+        dtype = _dtype(cfg.precision)
+        encoded = "joint" if cfg.component in ("all", "joint") else cfg.component
+        self.data = DataPool(self.dataset, lambda b: {"x": encode_batch(b, fm, encoded).to(dtype)}, device, cfg.seed,
+                             cfg.resolution, cfg.batch, cfg.pool_size, cfg.pool_refresh, cfg.pool_reuse, cfg.render_chunk)
+        channels = 9 if encoded == "joint" else 3
+        self.batch_x = torch.empty(cfg.batch, channels, cfg.resolution, cfg.resolution, dtype=dtype, device=device)
+        n = len(cfg.model_names())
+        graphs = device.type == "cuda" if cfg.cuda_graphs is None else bool(cfg.cuda_graphs)
+        if graphs and device.type != "cuda":
+            raise JoinbenchError("--cuda-graphs needs a CUDA device; drop it or use --device cuda.")
+        real = self.batch_x.view(cfg.batch, n, channels // n, cfg.resolution, cfg.resolution)
+        self.bank = BankTrainer(cfg, device, real, graphs)
+        self.units = [self.bank]
 
-    final = out / CHECKPOINT_DIR
-    tmp = out / f".{CHECKPOINT_DIR}.tmp"
-    old = out / f"{CHECKPOINT_DIR}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors: dict[str, Tensor] = {}
-    for t in trainers:
-        tensors.update(t.tensors())
-    save_file(tensors, str(tmp / "models.safetensors"), metadata={"format": "joinbench-gan-checkpoint"})
-    state = {"trainers": {t.name: t.state() for t in trainers}, "stream": stream.state(),
-             "torch_rng": torch.get_rng_state()}
-    torch.save(state, tmp / "state.pt")
-    sums = {f: sha256_file(tmp / f) for f in ("models.safetensors", "state.pt")}  # checked by load_checkpoint
-    (tmp / "state.json").write_text(json.dumps({"version": CHECKPOINT_VERSION, **scalars, "sha256": sums}, indent=2,
-                                               default=str) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    def iteration(self, step: int = 0, progress: float = 0.0) -> None:
+        """One training iteration: a batch from the pool into the fixed buffer, then the bank's
+        step (R1 on every ``r1_interval``-th iteration). No host sync."""
+        cfg = self.cfg
+        self.data.draw_into({"x": self.batch_x})
+        self.bank.step(r1=cfg.r1_gamma > 0 and step % cfg.r1_interval == 0)
 
+    def pop_losses(self) -> dict[str, dict[str, float]]:
+        return self.bank.pop_losses()
 
-def find_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint in ``out`` (``checkpoint``, else ``checkpoint.old``)."""
-    for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"):
-        d = out / name
-        if all((d / f).is_file() for f in ("models.safetensors", "state.pt", "state.json")):
-            return d
-    return None
+    def grid_latents(self) -> Tensor:
+        return torch.randn(self.cfg.grid_size, self.cfg.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed + 12345))
 
+    def save_reals(self, out: Path) -> None:
+        """A grid of the first pooled training images per member (``reals-<name>.png``)."""
+        x = self.data.data["x"][: self.cfg.grid_size]
+        n = len(self.bank.members)
+        for i, name in enumerate(self.bank.members):
+            save_grid(x.view(x.shape[0], n, -1, *x.shape[-2:])[:, i], name, out / f"reals-{name}.png")
 
-def open_checkpoint(out: Path, resume: bool, error_cls: type[JoinbenchError] = JoinbenchError) -> tuple[Path | None, dict[str, Any] | None]:
-    """Make the ``--out`` folder and find its checkpoint for a training command: (folder, its
-    state.json) when resuming, (None, None) for a new run. One-line errors for a checkpoint
-    without --resume, --resume without a complete checkpoint (it would silently start over)
-    and an unreadable state.json. Shared by the prior and the encoder trainings."""
-    from ..env import make_folder
-
-    make_folder(out)
-    ckpt = find_checkpoint(out)
-    if ckpt is not None and not resume:
-        raise error_cls(f"{out} already holds a training checkpoint: pass --resume to continue it, or choose another --out.")
-    if ckpt is None:
-        if resume:
-            raise error_cls(f"--resume: {out} holds no complete checkpoint ({CHECKPOINT_DIR}/ with models.safetensors, "
-                            "state.pt and state.json); drop --resume to start a new training there.")
-        return None, None
-    try:
-        saved = json.loads((ckpt / "state.json").read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise error_cls(f"Cannot resume from {ckpt}: state.json is unreadable ({type(exc).__name__}); delete that "
-                        "checkpoint folder or choose another --out.") from None
-    return ckpt, saved
-
-
-def load_checkpoint(path: Path, trainers: list[PriorTrainer], stream: TrainStream) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        scalars = json.loads((path / "state.json").read_text())
-        for name, expected in (scalars.get("sha256") or {}).items():
-            found = sha256_file(path / name)
-            if found != expected:
-                raise ValueError(f"{name} has sha256 {found}, expected {expected}: the file is damaged")
-        tensors = load_file(str(path / "models.safetensors"))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        for t in trainers:
-            t.load_tensors(tensors)
-            t.load_state(state["trainers"][t.name])
-        stream.load_state(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, EOFError, json.JSONDecodeError) as exc:
-        raise JoinbenchError(f"Cannot resume from {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-                             "delete that checkpoint folder or choose another --out.") from None
-    return scalars
+    def snapshot(self, out: Path, clock) -> None:
+        z = self.grid_latents()
+        for name, G in zip(self.bank.members, self.bank.G_ema.unstack()):
+            save_grid(sample_images(G, z), name, out / f"samples-{name}-{clock.cur_nimg // 1000:06d}.png")
 
 
 # ---------------------------------------------------------------------------------------
 # grids and export
 # ---------------------------------------------------------------------------------------
-def _grid_rows(images: Tensor, name: str, per_row: int = 8) -> list[list[Tensor]]:
-    """(N, C, H, W) in [0, 1] -> rows of cells; a joint sample occupies 3 cells (al | sh | sp)."""
-    cells = [s for img in images for s in (img.split(3, dim=0) if name == "joint" else (img,))]
-    per_row = 9 if name == "joint" else per_row
-    return [cells[i:i + per_row] for i in range(0, len(cells), per_row)]
-
-
 def save_grid(images: Tensor, name: str, path: Path, per_row: int = 8) -> Path:
     from ..viz import grid_image, save_image_atomic
 
-    rows = _grid_rows(to_display(images).cpu(), name, per_row)
+    rows = grid_rows(to_display(images).cpu(), name, per_row)
     return save_image_atomic(grid_image(rows, cell=max(64, images.shape[-1])), path)
 
 
 @torch.no_grad()
 def sample_images(G: Generator, z: Tensor, truncation_psi: float = 1.0, noise_mode: str = "const", chunk: int = 64) -> Tensor:
-    dev = next(G.parameters()).device
-    return torch.cat([G(z[i:i + chunk].to(dev), truncation_psi, noise_mode=noise_mode).float()
+    p = next(G.parameters())
+    return torch.cat([G(z[i:i + chunk].to(p.device, p.dtype), truncation_psi, noise_mode=noise_mode).float()
                       for i in range(0, z.shape[0], chunk)])
 
 
@@ -530,14 +535,14 @@ def export_prior(out: Path, dataset: str, name: str, G_ema: Generator, D: Discri
     """Write ``<dataset>-<name>-G/D.safetensors`` (float16) and the sidecar ``<dataset>-<name>.json``."""
     from safetensors.torch import save
 
-    from ..env import write_atomic, write_json
+    from ..env import sha256_file, write_atomic, write_json
 
     stem = export_stem(dataset, name)
     files = {"G": f"{stem}-G.safetensors", "D": f"{stem}-D.safetensors"}
     meta = {"format": FORMAT, "dataset": dataset, "component": name, "dtype": "float16"}
     hashes = {}
     for part, module in (("G", G_ema), ("D", D)):
-        path = write_atomic(out / files[part], save(_state_fp16(module), metadata={**meta, "part": part}))
+        path = write_atomic(Path(out) / files[part], save(_state_fp16(module), metadata={**meta, "part": part}))
         hashes[part] = sha256_file(path)
     sidecar = {
         "format": FORMAT, "version": 1, "dataset": dataset, "component": name,
@@ -550,134 +555,65 @@ def export_prior(out: Path, dataset: str, name: str, G_ema: Generator, D: Discri
         "fd": None, "fd_floor": None, "fd_ratio": None, "fd_n": None, "fd_components": None, "fd_method": FD_METHOD,
         **info,
     }
-    return write_json(out / f"{stem}.json", sidecar)
+    return write_json(Path(out) / f"{stem}.json", sidecar)
 
 
 # ---------------------------------------------------------------------------------------
-# the loop
+# the run
 # ---------------------------------------------------------------------------------------
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig, device: torch.device, path: Path) -> None:
-    diffs = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
-    if diffs:
-        raise JoinbenchError(f"Cannot resume {path}: settings differ from the checkpoint ({'; '.join(diffs)}); "
-                             "use the original settings or another --out.")
-    if saved.get("device_type") not in (None, device.type):
-        raise JoinbenchError(f"Cannot resume {path} on {device.type}: it was trained on {saved['device_type']} "
-                             f"(RNG states are per device type); use --device {saved['device_type']}.")
-
-
-def _truncate_log(path: Path, max_nimg: int) -> None:
-    """Drop log lines written after the checkpoint being resumed (a crash between the two)."""
-    if not path.is_file():
-        return
-    from ..env import write_atomic
-
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("nimg", 0) <= max_nimg:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    write_atomic(path, "".join(line + "\n" for line in keep))
-
-
-def last_logged_rate(log_path: Path) -> float | None:
-    """images/s of the last ``log.jsonl`` line (the sidecars' throughput), None without one."""
-    if not log_path.is_file():
-        return None
-    with contextlib.suppress(Exception):
-        return json.loads(log_path.read_text().splitlines()[-1]).get("images_per_s")
-    return None
-
-
 def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the prior(s) of ``cfg``; returns the output folder holding the export."""
-    from ..env import device_name, git_commit, resolve_device, versions
-    from ..training.clock import TrainClock
+    from ..env import resolve_device
+    from ..training.loop import RunSpec, TrainingRun
+    from ..training.sidecar import resolve_init_from, run_record
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    ckpt, saved = open_checkpoint(out, resume)
+    defaults = pool_defaults(device, cfg.batch)
+    cfg.pool_size = cfg.pool_size or defaults["size"]
+    cfg.render_chunk = cfg.render_chunk or defaults["render_chunk"]
+    init_folder = resolve_init_from(cfg.init_from) if cfg.init_from is not None else None
+    run = TrainingRun(cfg.out, resume)
+    if run.resuming and run.saved_init and cfg.init_from is None:  # --resume of an --init-from run needs no flag
+        cfg.init_from, cfg.ema_rampup = run.saved["config"].get("init_from"), None
+    run.check_settings(cfg, _RESUME_KEYS, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    ds = create_training_dataset(cfg.dataset, cfg.resolution, cfg.forward_model)
-    fm = ds.forward_model
-    trainers = [PriorTrainer(n, cfg, device) for n in cfg.model_names()]
-    chunk_images = cfg.render_chunk or cfg.batch
-    stream = TrainStream(ds, cfg.batch, device, cfg.seed, cfg.resolution, chunk=max(1, chunk_images // cfg.batch))
-    scalars = None
-    if ckpt is not None:
-        _check_resume(saved.get("config", {}), cfg, device, ckpt)
-        scalars = load_checkpoint(ckpt, trainers, stream)
-        for t in trainers:
-            t.last = dict(scalars.get("losses", {}).get(t.name, {}))
-        _truncate_log(out / "log.jsonl", int(scalars["cur_nimg"]))
-    log_path = out / "log.jsonl"
-    total_nimg = int(round(cfg.kimg * 1000))
-    grid_z = torch.randn(cfg.grid_size, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
+    training = PriorTraining(cfg, device)
+    init = run.saved_init
+    if not run.resuming:
+        if init_folder is not None:
+            init = training.bank.init_from(init_folder, cfg.dataset)
+        training.save_reals(run.out)
+    spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/{cfg.component}", device=device,
+                   minutes=cfg.minutes, log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress,
+                   scalars={"config": {**cfg.to_dict(), "device_type": device.type}, "init": init},
+                   postfix=lambda last: f"x{len(last)} models" if len(last) > 1 else "")
+    done = run.train(training, spec)
 
-    def snapshot(clock: TrainClock) -> None:
-        kimg = clock.cur_nimg // 1000
-        for t in trainers:
-            save_grid(sample_images(t.G_ema, grid_z), t.name, out / f"samples-{t.name}-{kimg:06d}.png")
-        save_checkpoint(out, trainers, stream, {**clock.scalars(), "config": {**cfg.to_dict(), "device_type": device.type},
-                                                "losses": {t.name: t.last for t in trainers}})
-
-    first = True
-    # done: all images seen, or the --minutes budget is spent (export what we have, resumable with --resume)
-    with TrainClock(total_nimg, cfg.batch, cfg.minutes, scalars, f"{cfg.dataset}/{cfg.component}", cfg.progress) as clock:
-        while not clock.done:
-            batch = next(stream)
-            if first and clock.cur_nimg == 0:
-                for t in trainers:
-                    save_grid(encode_batch(batch, fm, t.name)[: cfg.grid_size], t.name, out / f"reals-{t.name}.png")
-            first = False
-            for t in trainers:
-                t.step(encode_batch(batch, fm, t.name), clock.step)
-            for t in trainers:
-                t.end_step(clock.cur_nimg, cfg.batch)
-            clock.advance()
-            if clock.due(cfg.log_kimg):
-                losses = {t.name: {k: round(v, 6) for k, v in t.pop_losses().items()} for t in trainers}
-                rate = clock.log(log_path, device, losses, models=len(trainers))
-                clock.bar.set_postfix_str(f"{rate:.1f} img/s" + (f" x{len(trainers)} models" if len(trainers) > 1 else ""))
-            if clock.due(cfg.snapshot_kimg):
-                clock.fold_wall()
-                snapshot(clock)
-    cur_nimg, wall_s = clock.cur_nimg, clock.wall_s
-
-    last_rate = last_logged_rate(log_path)
-    info = {
-        "images_seen": cur_nimg, "kimg": cur_nimg / 1000, "wall_time_s": round(wall_s, 1),
-        "device": device_name(device), "commit": git_commit(), "versions": versions(),
-        "forward_model": fm.name, "encoding": fm.describe(),
-        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "progress")},
-        "throughput_images_per_s": last_rate,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    for t in trainers:
-        export_prior(out, cfg.dataset, t.name, t.G_ema, t.D, {**info, "losses": t.last})
-    return out
+    fm = training.dataset.forward_model
+    train = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "progress")}
+    for name, (G, D) in zip(training.bank.members, training.bank.singles()):
+        info = run_record(done.cur_nimg, done.steps, done.wall_s, device, done.log_path, train, (init or {}).get(name))
+        export_prior(run.out, cfg.dataset, name, G, D, {**info, "forward_model": fm.name, "encoding": fm.describe(),
+                                                        "losses": done.last_losses.get(name, {})})
+    return run.out
 
 
 __all__ = [
+    "BankTrainer",
+    "PriorTraining",
     "TRAIN_TARGETS",
-    "PriorTrainer",
     "TrainConfig",
-    "TrainStream",
     "d_loss",
     "ema_beta",
-    "encode_batch",
     "export_prior",
-    "find_checkpoint",
+    "paired_logits",
     "r1_penalty",
     "sample_images",
-    "save_checkpoint",
     "train_prior",
     "update_ema",
 ]

@@ -26,8 +26,8 @@ independent bank) and ``joint`` (one w for the jointly trained 9-channel prior, 
 on all three components).
 
 **Training** (:func:`train_encoders`, ``joinbench train encoder``): on the procedural
-training stream (the same :class:`joinbench.gan.train.TrainStream` the priors saw, rendered
-at the prior's resolution), with the prior frozen, per encoder::
+training data (the device-resident :class:`joinbench.training.data.DataPool` the priors
+train from, rendered at the prior's resolution), with the prior frozen, per encoder::
 
     x   = (G_c(E_c(image), const noise) + 1) / 2          not clipped, so gradients reach E
     y   = encode(ground-truth component c)                 forward-model encoding, [0, 1]
@@ -38,9 +38,12 @@ its own component as supervision, as in the authors' runs. Defaults follow pSp's
 (L2 1, LPIPS 0.8) with Adam at a constant learning rate 1e-3 (pSp uses Ranger at 1e-4; a
 constant rate also lets a run be extended with a larger ``--kimg``); not tuned on the
 shipped priors. ``component='all'`` trains the three component encoders interleaved on the
-same batches. Everything is seeded (weights per encoder from ``seed``, the stream from
-``seed``) and checkpoints hold weights, Adam and stream state, so ``--resume`` continues
-exactly. ``--minutes`` stops early with a checkpoint and an export.
+same batches. The run is the training wing's (:mod:`joinbench.training`): seeded weights
+and data, checkpoints that ``--resume`` continues exactly, ``--minutes``, Ctrl-C.
+``--init-from shipped`` (or a folder) continues exported encoders, also against a retrained
+prior: the weights carry over, the latent statistics (``w_avg``, ``w_scale``) are re-anchored
+on the prior in use and the new sidecar is bound to that prior's sha256; images seen and the
+history accumulate.
 
 **Export**: ``<dataset>-<component>-encoder.safetensors`` (parameters float16; the two
 latent-statistics buffers float32, because ``w_avg`` anchors every prediction and fp16
@@ -80,7 +83,8 @@ ENCODER_COMPONENTS = (*COMPONENTS, "joint")
 TRAIN_COMPONENTS = (*COMPONENTS, "all", "joint")
 # Settings that change the optimisation: a resumed run must keep them (kimg may grow).
 _RESUME_KEYS = ("dataset", "component", "batch", "resolution", "lr", "beta1", "beta2", "pixel_weight", "perceptual",
-                "perceptual_weight", "seed", "stem_width", "widths", "blocks", "stats_samples")
+                "perceptual_weight", "seed", "stem_width", "widths", "blocks", "stats_samples", "pool_size", "pool_refresh",
+                "pool_reuse")
 
 
 class EncoderError(JoinbenchError):
@@ -401,7 +405,11 @@ class EncoderTrainConfig(ConfigDict):
     snapshot_kimg: float = 20.0
     log_kimg: float = 1.0
     progress: bool = True
-    render_chunk: int | None = None  # images per procedural render call; None: batch on CPU, 4096 on CUDA
+    render_chunk: int | None = None  # images per procedural render call; None: the pool's default (4096 on CUDA)
+    pool_size: int | None = None  # pooled training images on the device; None: 16,384 on CUDA, 8 batches elsewhere
+    pool_refresh: float = 0.25  # fraction of the pool re-rendered at a time
+    pool_reuse: float = 4.0  # times each pooled image is drawn, on average, before it is replaced
+    init_from: str | None = None  # "shipped" or a folder of exported encoders to continue
     stats_samples: int = 10_000  # mapped samples for w_scale
     # network
     stem_width: int = EncoderConfig.stem_width
@@ -416,7 +424,7 @@ class EncoderTrainConfig(ConfigDict):
         cfg = dataclasses.replace(self, widths=tuple(int(w) for w in self.widths), gain_stage1=dict(self.gain_stage1))
         if cfg.component not in TRAIN_COMPONENTS:
             raise EncoderError(f"Unknown encoder component {cfg.component!r}; use one of {', '.join(TRAIN_COMPONENTS)}.")
-        from ..gan.train import check_training_numbers
+        from ..training.loop import check_training_numbers
 
         check_training_numbers(cfg.batch, cfg.kimg, cfg.minutes, cfg.lr, EncoderError)
         if cfg.gain_images < 0 or cfg.gain_steps < 0:
@@ -460,12 +468,12 @@ def _encoder_loss(pred: Tensor, target: Tensor, cfg: EncoderTrainConfig, percept
 
 
 class EncoderTrainer:
-    """One encoder, its frozen prior and optimiser; duck-types the checkpoint interface of
-    :mod:`joinbench.gan.train` (``name``, ``tensors``, ``load_tensors``, ``state``, ``load_state``)."""
+    """One encoder, its frozen prior and optimiser; the training wing's checkpoint unit
+    (``name``, ``tensors``, ``load_tensors``, ``state``, ``load_state``)."""
 
     def __init__(self, name: str, cfg: EncoderTrainConfig, prior, forward_model, device: torch.device,
                  resolution: int, perceptual):
-        from ..gan.train import model_seed
+        from ..training.loop import model_seed
 
         self.name, self.cfg, self.prior, self.fm, self.device = name, cfg, prior, forward_model, device
         self.perceptual = perceptual
@@ -475,15 +483,14 @@ class EncoderTrainer:
         self.encoder.set_latent_stats(*latent_stats(prior.G, cfg.stats_samples, seed=cfg.seed))
         self.encoder.to(device).train()
         self.opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.channels = slice(None) if name == "joint" else slice(3 * COMPONENTS.index(name), 3 * COMPONENTS.index(name) + 3)
         self.sums: dict[str, Tensor] = {}
         self.count = 0
-        self.last: dict[str, float] = {}
 
     def losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        from ..gan.train import encode_batch
-
+        """``batch``: the pool's ``image`` and ``x`` (the three components, encoded, in [-1, 1])."""
         image = batch["image"].to(self.device, torch.float32)
-        target = encode_batch(batch, self.fm, self.name).add(1.0).mul(0.5)  # encoded component(s), [0, 1]
+        target = batch["x"][:, self.channels].add(1.0).mul(0.5)  # encoded component(s), [0, 1]
         pred = self.prior.G.synthesis(self.encoder(image), noise_mode="const").add(1.0).mul(0.5)
         loss, terms = _encoder_loss(pred, target, self.cfg, self.perceptual)
         return loss, {"loss": loss, **terms}
@@ -501,8 +508,24 @@ class EncoderTrainer:
     def pop_losses(self) -> dict[str, float]:
         out = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
         self.sums, self.count = {}, 0
-        self.last.update(out)
         return out
+
+    def init_from(self, folder: Path, dataset: str) -> dict[str, Any]:
+        """Continue the exported encoder in ``folder``: its weights, re-anchored on this prior's
+        latent statistics (equal to its own when the prior did not change)."""
+        from ..training.sidecar import init_record
+
+        stats = (self.encoder.w_avg.clone(), self.encoder.w_scale.clone())
+        old = load_encoder(dataset, self.name, self.device, folder, check_prior=False)
+        if old.config != self.encoder.config:
+            diff = [f"{k}: {v!r} there, {self.encoder.config.to_dict()[k]!r} here" for k, v in old.config.to_dict().items()
+                    if self.encoder.config.to_dict()[k] != v]
+            raise EncoderError(f"--init-from {folder}: the {dataset} {self.name} encoder has another network "
+                               f"({'; '.join(diff)}); train with its settings or drop --init-from.")
+        with torch.no_grad():
+            self.encoder.load_state_dict(old.state_dict())
+            self.encoder.set_latent_stats(*stats)
+        return init_record(old.sidecar, folder, sha256=old.sidecar.get("sha256"), prior_sha256=old.prior_sha256)
 
     # -- checkpoint interface ------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
@@ -519,22 +542,30 @@ class EncoderTrainer:
         self.opt.load_state_dict(state["opt"])
 
 
-def _check_resume(saved: dict[str, Any], cfg: EncoderTrainConfig, device: torch.device, prior_shas: dict[str, str],
-                  path: Path) -> None:
-    def norm(v):
-        return list(v) if isinstance(v, (tuple, list)) else v
+class EncoderTraining:
+    """One ``train encoder`` run's engine (a :class:`~joinbench.training.loop.Trainer`): the
+    data pool (display image and the three encoded components per image) and the encoders."""
 
-    diffs = [f"{k}: {saved.get('config', {}).get(k)!r} -> {getattr(cfg, k)!r}" for k in _RESUME_KEYS
-             if norm(saved.get("config", {}).get(k)) != norm(getattr(cfg, k))]
-    if diffs:
-        raise EncoderError(f"Cannot resume {path}: settings differ from the checkpoint ({'; '.join(diffs)}); "
-                           "use the original settings or another --out.")
-    if saved.get("prior_sha256") != prior_shas:
-        raise EncoderError(f"Cannot resume {path}: it was trained against other priors ({saved.get('prior_sha256')}, "
-                           f"now {prior_shas}); use the original --priors-path or another --out.")
-    dt = saved.get("config", {}).get("device_type")
-    if dt not in (None, device.type):
-        raise EncoderError(f"Cannot resume {path} on {device.type}: it was trained on {dt}; use --device {dt}.")
+    def __init__(self, cfg: EncoderTrainConfig, priors: Mapping[str, Any], dataset, device: torch.device,
+                 resolution: int, perceptual):
+        from ..training.data import DataPool, encode_batch
+
+        fm = dataset.forward_model
+        self.data = DataPool(dataset, lambda b: {"image": b["image"], "x": encode_batch(b, fm, "joint")}, device,
+                             cfg.seed, dataset.resolution, cfg.batch, cfg.pool_size, cfg.pool_refresh, cfg.pool_reuse,
+                             cfg.render_chunk)
+        self.units = [EncoderTrainer(n, cfg, priors[n], fm, device, resolution, perceptual) for n in cfg.names()]
+
+    def iteration(self, step: int = 0, progress: float = 0.0) -> None:
+        batch = self.data.draw()
+        for t in self.units:
+            t.step(batch)
+
+    def pop_losses(self) -> dict[str, dict[str, float]]:
+        return {t.name: t.pop_losses() for t in self.units}
+
+    def snapshot(self, out: Path, clock) -> None:
+        """Nothing besides the checkpoint."""
 
 
 def _load_priors(cfg: EncoderTrainConfig, device: torch.device) -> dict[str, Any]:
@@ -637,16 +668,19 @@ def measure_stage1_gain(encoders: Mapping[str, Encoder], priors: Mapping[str, An
 def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     """Train (or resume) the encoder(s) of ``cfg`` and export them; returns the output folder
     holding ``<dataset>-<component>-encoder.safetensors`` + ``.json`` per encoder."""
-    from ..env import device_name, git_commit, resolve_device, versions
-    from ..training.clock import TrainClock
-    from ..gan.train import (TrainStream, _truncate_log, create_training_dataset, last_logged_rate, load_checkpoint,
-                             open_checkpoint, save_checkpoint)
+    from ..env import resolve_device
+    from ..training.data import create_training_dataset, pool_defaults
+    from ..training.loop import RunSpec, TrainingRun
+    from ..training.sidecar import resolve_init_from, run_record
     from .losses import PerceptualLoss
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    ckpt, saved = open_checkpoint(out, resume, EncoderError)
+    defaults = pool_defaults(device, cfg.batch)
+    cfg.pool_size = cfg.pool_size or defaults["size"]
+    cfg.render_chunk = cfg.render_chunk or defaults["render_chunk"]
+    init_folder = resolve_init_from(cfg.init_from, EncoderError) if cfg.init_from is not None else None
+    run = TrainingRun(cfg.out, resume, EncoderError)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -660,80 +694,52 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     resolution = cfg.resolution or g_res
     cfg.resolution = resolution
     prior_shas = {n: priors[n].sha256 for n in cfg.names()}
+    run.check_settings(cfg, _RESUME_KEYS, device)
+    if run.resuming and run.saved.get("prior_sha256") != prior_shas:
+        raise EncoderError(f"Cannot resume {run.checkpoint}: it was trained against other priors "
+                           f"({run.saved.get('prior_sha256')}, now {prior_shas}); use the original --priors-path or another --out.")
 
     ds = create_training_dataset(cfg.dataset, g_res)
     fm = ds.forward_model
     perceptual = PerceptualLoss(cfg.perceptual, device) if cfg.perceptual != "none" else None
-    trainers = [EncoderTrainer(n, cfg, priors[n], fm, device, resolution, perceptual) for n in cfg.names()]
-    chunk_images = cfg.render_chunk or (4096 if device.type == "cuda" else cfg.batch)
-    stream = TrainStream(ds, cfg.batch, device, cfg.seed, g_res, chunk=max(1, chunk_images // cfg.batch))
-    scalars = None
-    first: dict[str, dict[str, float]] = {}
-    if ckpt is not None:
-        _check_resume(saved, cfg, device, prior_shas, ckpt)
-        scalars = load_checkpoint(ckpt, trainers, stream)
-        first = dict(scalars.get("first_losses", {}))
-        for t in trainers:
-            t.last = dict(scalars.get("losses", {}).get(t.name, {}))
-        _truncate_log(out / "log.jsonl", int(scalars["cur_nimg"]))
-    log_path = out / "log.jsonl"
-    total_nimg = int(round(cfg.kimg * 1000))
-
-    # done: all images seen, or the --minutes budget is spent (export what we have, resumable with --resume)
-    desc = f"{cfg.dataset}/{cfg.component} encoder"
-    with TrainClock(total_nimg, cfg.batch, cfg.minutes, scalars, desc, cfg.progress) as clock:
-        while not clock.done:
-            batch = next(stream)
-            for t in trainers:
-                t.step(batch)
-            clock.advance()
-            if clock.due(cfg.log_kimg) or clock.step == 1:
-                losses = {t.name: {k: round(v, 6) for k, v in t.pop_losses().items()} for t in trainers}
-                for name, model_losses in losses.items():
-                    first.setdefault(name, model_losses)
-                rate = clock.log(log_path, device, losses)
-                shown = " ".join(f"{t.name[:2]} {t.last.get('loss', float('nan')):.4f}" for t in trainers)
-                clock.bar.set_postfix_str(f"{rate:.1f} img/s loss {shown}")
-            if clock.due(cfg.snapshot_kimg):
-                clock.fold_wall()
-                save_checkpoint(out, trainers, stream, {**clock.scalars(), "prior_sha256": prior_shas,
-                                                        "config": {**cfg.to_dict(), "device_type": device.type},
-                                                        "losses": {t.name: t.last for t in trainers},
-                                                        "first_losses": first})
-    cur_nimg, step, wall_s = clock.cur_nimg, clock.step, clock.wall_s
+    training = EncoderTraining(cfg, priors, ds, device, resolution, perceptual)
+    init = run.saved_init
+    if not run.resuming and init_folder is not None:
+        init = {t.name: t.init_from(init_folder, cfg.dataset) for t in training.units}
+    spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/{cfg.component} encoder", device=device,
+                   minutes=cfg.minutes, log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress,
+                   log_first_step=True, scalars={"prior_sha256": prior_shas, "init": init,
+                                                 "config": {**cfg.to_dict(), "device_type": device.type}},
+                   postfix=lambda last: "loss " + " ".join(f"{k[:2]} {v.get('loss', float('nan')):.4f}" for k, v in last.items()))
+    done = run.train(training, spec)
 
     # export: weights first, then the gain with the exported (fp16-rounded) weights, then sidecars
-    last_rate = last_logged_rate(log_path)
+    from safetensors.torch import load_file
+
     written, shipped = {}, {}
-    for t in trainers:
-        weights, sha = _write_weights(out, cfg.dataset, t.name, t.encoder.eval())
+    for t in training.units:
+        weights, sha = _write_weights(run.out, cfg.dataset, t.name, t.encoder.eval())
         written[t.name] = (weights, sha)
         with torch.random.fork_rng(devices=[]):
             e = Encoder(t.encoder.config)
-        from safetensors.torch import load_file
-
         e.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
         shipped[t.name] = e.to(device).eval().requires_grad_(False)
     gain = None
     if cfg.gain_steps > 0 and cfg.gain_images > 0:
         gain = measure_stage1_gain(shipped, priors, ds, cfg.gain_images, cfg.gain_steps, device, cfg.perceptual,
                                    cfg.gain_stage1)
-    info = {
-        "images_seen": cur_nimg, "kimg": cur_nimg / 1000, "steps": step, "wall_time_s": round(wall_s, 1),
-        "throughput_images_per_s": last_rate, "device": device_name(device), "commit": git_commit(),
-        "versions": versions(), "forward_model": fm.name, "encoding": fm.describe(),
-        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("out", "progress")},
-        "stage1_gain": gain,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    for t in trainers:
+    train = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "progress")}
+    for t in training.units:
         weights, sha = written[t.name]
         p = priors[t.name]
         prior_info = {"component": t.name, "sha256": p.sha256, "sidecar": p.sidecar_path.name,
                       "resolution": p.resolution, "w_dim": p.w_dim}
-        _write_sidecar(out, cfg.dataset, t.name, t.encoder, weights, sha,
-                       {**info, "prior": prior_info, "final_losses": t.last, "first_losses": first.get(t.name, {})})
-    return out
+        info = run_record(done.cur_nimg, done.steps, done.wall_s, device, done.log_path, train, (init or {}).get(t.name))
+        _write_sidecar(run.out, cfg.dataset, t.name, t.encoder, weights, sha,
+                       {**info, "forward_model": fm.name, "encoding": fm.describe(), "stage1_gain": gain,
+                        "prior": prior_info, "final_losses": done.last_losses.get(t.name, {}),
+                        "first_losses": done.first_losses.get(t.name, {})})
+    return run.out
 
 
 __all__ = [
@@ -743,6 +749,7 @@ __all__ = [
     "EncoderError",
     "EncoderTrainConfig",
     "EncoderTrainer",
+    "EncoderTraining",
     "count_parameters",
     "encoder_paths",
     "export_encoder",
