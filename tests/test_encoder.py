@@ -197,3 +197,29 @@ def test_cli_train_encoder(priors, tmp_path):
     assert "faces-shading-encoder.safetensors" in r.output and "joinbench/weights" in r.output
     r = runner.invoke(app, ["train", "encoder", "-d", "faces", "-c", "diffuse", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and isinstance(r.exception, JoinbenchError) and "albedo" in str(r.exception)
+
+
+def test_init_from_continues_an_encoder_against_a_retrained_prior(priors, tmp_path):
+    """--init-from: an exported encoder continues against a new prior; its weights carry over,
+    its latent statistics are re-anchored on the new prior, the new sidecar is bound to the new
+    prior's sha256 (so it loads with it), and images seen and the history add up."""
+    from joinbench.gan.bank import load_prior
+    from joinbench.join.encoder import EncoderTrainer, latent_stats
+
+    first = train_encoders(tiny_cfg(priors, tmp_path / "first", kimg=0.008))
+    new = export_tiny_priors(tmp_path / "new-priors", seed=41, dataset="faces")
+    prior = load_prior("faces", "albedo", path=new)
+    cfg = tiny_cfg(new, tmp_path / "x").resolved()
+    trainer = EncoderTrainer("albedo", cfg, prior, None, torch.device("cpu"), RES, None)
+    record = trainer.init_from(first, "faces")
+    shipped = load_file(str(first / "faces-albedo-encoder.safetensors"))
+    state = trainer.encoder.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in shipped.items() if k not in ("w_avg", "w_scale"))
+    w_avg, w_scale = latent_stats(prior.G, cfg.stats_samples, seed=cfg.seed)
+    assert torch.equal(state["w_avg"], w_avg) and torch.equal(state["w_scale"], w_scale.clamp_min(1e-6))
+    assert record["images_seen"] == 8 and record["prior_sha256"] != prior.sha256
+    out = train_encoders(tiny_cfg(new, tmp_path / "cont", kimg=0.008, init_from=str(first)))
+    side = json.loads((out / "faces-albedo-encoder.json").read_text())
+    assert side["prior"]["sha256"] == prior.sha256 and side["images_seen"] == 16
+    assert [h["images"] for h in side["history"]] == [8, 8] and side["history"][1]["init_from"] == str(first)
+    assert load_encoders("faces", components=["albedo"], path=out, priors_path=new)["albedo"].prior_sha256 == prior.sha256
