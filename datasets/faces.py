@@ -49,11 +49,14 @@ from joinbench.forward import srgb_decode
 from joinbench.registry import register_dataset
 
 from .base import ProceduralDataset
-from .procedural import Rand, kelvin_to_rgb, lattice_values, pixel_grid, sample_at
+from .procedural import DrawPlan, Rand, kelvin_to_rgb, on_device, pixel_grid, sample_at, to_device
 
 WITHHELD = ("glasses", "beard", "face_paint", "unusual_hair")
 CPU_CHUNK_PIXELS = 1 << 17
 WRAP = 0.25  # wrapped Lambert max(0, (n.l + w) / (1 + w)): skin and hair scatter light past the terminator
+# head size (half width a, image widths), height / width, depth / width and the largest pose angles (degrees)
+HEAD_A, HEAD_ASPECT, HEAD_DEPTH = (0.22, 0.27), (1.25, 1.42), (1.0, 1.2)
+YAW, PITCH, ROLL = 12.0, 7.0, 6.0
 
 
 def _srgb(rows: list[tuple[int, int, int]]) -> Tensor:
@@ -160,21 +163,45 @@ def _unit(v: Tensor) -> Tensor:
 class _Draws:
     """Named per-sample uniforms from one hashed vector: one hash call instead of one per
     name. Column order is fixed by ``names`` (append new names at the end, so existing
-    samples keep their values)."""
+    samples keep their values). The range each name is drawn in is learnt on the first
+    call (as :class:`procedural.DrawPlan` learns draws), so later calls scale every name
+    in three kernels instead of two per name, in float64 as one by one: the same numbers."""
 
-    def __init__(self, seeds: Tensor, key: str, names: str):
+    _ranges: dict[str, dict[tuple[str, float, float], int]] = {}  # key -> (name, low, high) -> position
+    _tables: dict[tuple, tuple[Tensor, Tensor, Tensor, dict]] = {}  # (key, device, size) -> cols, low, span, positions
+
+    def __init__(self, r: Rand, key: str, names: str):
         names = names.split()
-        self.u = Rand(seeds).uniform(key, len(names)).double()
+        self.u = r.uniform(key, len(names)).double()
         self.col = {n: i for i, n in enumerate(names)}
+        self.learnt = self._ranges.setdefault(key, {})
+        self.at: dict[tuple[str, float, float], int] = {}
+        if self.learnt:
+            cols, low, span, self.at = self._table(key)
+            self.scaled = low + span * self.u.index_select(1, cols)
+
+    def _table(self, key: str) -> tuple[Tensor, Tensor, Tensor, dict]:
+        tag = (key, str(self.u.device), len(self.learnt))
+        if tag not in self._tables:
+            spec = list(self.learnt)
+            f64 = lambda xs: torch.tensor(xs, dtype=torch.float64).to(self.u.device)
+            self._tables[tag] = (torch.tensor([self.col[n] for n, _, _ in spec]).to(self.u.device),
+                                 f64([lo for _, lo, _ in spec]), f64([hi - lo for _, lo, hi in spec]),
+                                 {d: i for i, d in enumerate(spec)})
+        return self._tables[tag]
 
     def __call__(self, name: str, low: float = 0.0, high: float = 1.0) -> Tensor:
+        at = self.at.get((name, low, high))
+        if at is not None:
+            return self.scaled[:, at]
+        self.learnt.setdefault((name, low, high), len(self.learnt))
         return low + (high - low) * self.u[:, self.col[name]]
 
     def index(self, name: str, n: int) -> Tensor:
         return (self(name) * n).long().clamp_max(n - 1)
 
     def pick(self, name: str, table: Tensor) -> Tensor:
-        table = table.to(self.u.device)
+        table = on_device(table, self.u.device)
         return table[self.index(name, table.shape[0])]
 
 
@@ -188,22 +215,24 @@ area0x area0y area1x area1y area2x area2y area3x area3y rim_side rim_y rim_h rim
 fill_y fill_h fill_s fill_i"""
 
 
-def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
+def face_params(seeds: Tensor, shift: bool = False, rand: Rand | None = None) -> dict[str, Tensor]:
     """Every random choice of a face, as (B,) / (B, 3) / (B, 3, 3) tensors keyed by name.
 
     ``faces`` and ``faces-shift`` share these draws (same identities); the withheld
     attributes are zero unless ``shift``, and their draws come from a separate stream.
+    ``rand``: the seeds' :class:`Rand`, when the caller has one.
     """
-    r = _Draws(seeds, "faces/params", _FACE_DRAWS)
+    rand = Rand(seeds, PLANS["shift" if shift else "faces"]) if rand is None else rand
+    r = _Draws(rand, "faces/params", _FACE_DRAWS)
     deg = math.pi / 180
     p: dict[str, Tensor] = {}
     # framing, head shape, pose
     p["cx"], p["cy"] = r("cx", 0.46, 0.54), r("cy", 0.42, 0.47)
-    p["a"] = r("a", 0.22, 0.27)
-    p["b"] = p["a"] * r("aspect", 1.25, 1.42)
-    p["c"] = p["a"] * r("depth", 1.0, 1.2)
+    p["a"] = r("a", *HEAD_A)
+    p["b"] = p["a"] * r("aspect", *HEAD_ASPECT)
+    p["c"] = p["a"] * r("depth", *HEAD_DEPTH)
     p["jaw"] = r("jaw", 0.12, 0.32)
-    p["R"] = _rotation(r("yaw", -12, 12) * deg, r("pitch", -7, 7) * deg, r("roll", -6, 6) * deg)
+    p["R"] = _rotation(r("yaw", -YAW, YAW) * deg, r("pitch", -PITCH, PITCH) * deg, r("roll", -ROLL, ROLL) * deg)
     # features (head units: s = X / a, t = Y / b)
     p["ex"], p["ey"] = r("ex", 0.37, 0.44), r("ey", -0.02, 0.06)
     p["ew"], p["eh"] = r("ew", 0.18, 0.22), r("eh", 0.035, 0.058)
@@ -223,16 +252,16 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     f = mel * (SKIN.shape[0] - 1)
     i = f.long().clamp_max(SKIN.shape[0] - 2)
     w = (f - i)[:, None]
-    table = SKIN.to(seeds.device)
+    table = on_device(SKIN, seeds.device)
     tint = 1 + torch.stack([0.05 * under, 0 * under, -0.08 * under], -1)  # warm / cool undertone
     p["skin"] = (table[i] * (1 - w) + table[i + 1] * w) * tint
     p["blotch"], p["flush"] = r("blotch", 0.05, 0.35), r("flush", 0.0, 0.35)
     p["freckles"] = (r("freckled") < 0.6 - mel).float() * r("freckles", 0.4, 1.0)
     p["oil"], p["skin_gloss"] = r("oil", 0.04, 0.12), r("skin_gloss", 12.0, 40.0)
-    lip = torch.tensor([0.9, 0.5, 0.52], device=seeds.device)
+    lip = on_device((0.9, 0.5, 0.52), seeds.device)
     p["lip_col"] = p["skin"] ** 1.08 * lip * r("lip_tint", 0.6, 1.0)[:, None]
     # hair: a style preset, jittered
-    lut = HAIR_STYLES.to(seeds.device)[r.index("style", HAIR_STYLES.shape[0])]
+    lut = on_device(HAIR_STYLES, seeds.device)[r.index("style", HAIR_STYLES.shape[0])]
     p["hairline"] = lut[:, 0] + r("hl_j", -0.06, 0.06)
     p["temple"] = lut[:, 1]
     p["hair_len"] = lut[:, 2] + r("len_j", -0.15, 0.15) * (lut[:, 2] > 0.3)
@@ -259,7 +288,7 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     for name in WITHHELD:
         p[name] = torch.zeros_like(mel)
     if shift:
-        _shift_params(seeds, p)
+        _shift_params(rand, p)
     # Parameters are computed in float64 and rounded: float32 transcendentals on (B,)
     # tensors differ in the last bit between vectorised and scalar code paths, which
     # depend on the batch size; rounded float64 results do not.
@@ -267,11 +296,11 @@ def face_params(seeds: Tensor, shift: bool = False) -> dict[str, Tensor]:
     return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in p.items()}
 
 
-def _shift_params(seeds: Tensor, p: dict[str, Tensor]) -> None:
+def _shift_params(rand: Rand, p: dict[str, Tensor]) -> None:
     """Withheld attributes (at least one per face) and the multi-light rig of the shift split."""
-    r = _Draws(seeds, "faces/shift", _SHIFT_DRAWS)
+    r = _Draws(rand, "faces/shift", _SHIFT_DRAWS)
     flags = torch.stack([r(n) < q for n, q in zip(WITHHELD, (0.45, 0.45, 0.3, 0.35), strict=True)], -1)
-    forced = F.one_hot(r.index("forced", len(WITHHELD)), len(WITHHELD)).bool()
+    forced = r.index("forced", len(WITHHELD))[:, None] == torch.arange(len(WITHHELD), device=flags.device)  # one-hot (F.one_hot syncs)
     flags = torch.where(flags.any(-1, keepdim=True), flags, forced)
     for i, name in enumerate(WITHHELD):
         p[name] = flags[:, i].float()
@@ -320,7 +349,7 @@ class _Canvas:
         for k, v in values.items():
             dst = self.ch[k]
             if not isinstance(v, Tensor):
-                v = torch.tensor(float(v), device=dst.device)
+                v = on_device(float(v), dst.device)
             dst.lerp_(v, alpha.unsqueeze(1) if dst.dim() == 4 else alpha)
 
     def over_window(self, idx: Tensor, alpha: Tensor, **values: Tensor | float) -> None:
@@ -335,7 +364,7 @@ class _Canvas:
             if isinstance(v, Tensor):
                 v = v.reshape(*v.shape[:-2], -1) if v.dim() >= 3 else v.view(-1, *[1] * (win.dim() - 1))
             else:
-                v = torch.tensor(float(v), device=dst.device)
+                v = on_device(float(v), dst.device)
             flat.scatter_(-1, i, win.lerp_(v, a if dst.dim() == 3 else a[:, None]))
 
     @staticmethod
@@ -414,44 +443,57 @@ class FacesDataset(ProceduralDataset):
         return meta
 
     def render(self, seeds: Tensor, resolution: int, device: torch.device | str) -> dict[str, Tensor]:
-        seeds = seeds.to(device=device, dtype=torch.int64)
-        p = face_params(seeds, self.shift)
-        if seeds.device.type != "cpu":
-            return self._render(seeds, p, resolution)
-        # On the CPU, render in chunks of ~128k pixels: the many temporaries then stay in
+        seeds = to_device(seeds.to(torch.int64), device)
+        r = Rand(seeds, PLANS["shift" if self.shift else "faces"])
+        p = face_params(seeds, self.shift, r)
+        p.update(_lattices(r))
+        if torch.device(device) != torch.device("cpu"):  # CUDA, or the launch profiler's stand-in for it (cpu:0)
+            return self._render(seeds, r.base, p, resolution)
+        # On the host CPU, render in chunks of ~128k pixels: the many temporaries then stay in
         # cache and below malloc's mmap threshold (7x faster here); samples are independent.
         step = max(1, CPU_CHUNK_PIXELS // resolution ** 2)
-        parts = [self._render(seeds[i:i + step], _slice(p, slice(i, i + step)), resolution)
+        parts = [self._render(seeds[i:i + step], r.base[i:i + step], _slice(p, slice(i, i + step)), resolution)
                  for i in range(0, seeds.shape[0], step)]
         return parts[0] if len(parts) == 1 else {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
 
-    def _render(self, seeds: Tensor, p: dict[str, Tensor], resolution: int) -> dict[str, Tensor]:
-        out = _render(seeds, p, resolution, self.shift)
+    def _render(self, seeds: Tensor, base: Tensor, p: dict[str, Tensor], resolution: int) -> dict[str, Tensor]:
+        out = _render(p, resolution, self.shift)
         if self.shift:
             from .shift import apply_camera_shift  # a sibling module, only needed here
             fm = self.forward_model
             clean = fm.render(out["albedo"], out["shading"], out["specular"] if fm.use_specular else None)
-            out["image"] = apply_camera_shift(clean, seeds, key="camera")
+            out["image"] = apply_camera_shift(clean, seeds, "camera", base)
         return out
 
 
 # -- rendering --------------------------------------------------------------------------
 
-def _skin_noise(seeds: Tensor, uh: Tensor, vh: Tensor) -> Tensor:
+def _lattices(r: Rand) -> dict[str, Tensor]:
+    """The noise lattices of the faces (per-sample random values like the parameters, so
+    they are drawn with them and split into CPU chunks with them)."""
+    return {"lattice_skin_lo": r.lattice("faces/skin_lo", 6, 2),
+            "lattice_skin_hi": r.lattice("faces/skin_hi", SKIN_CELLS, 1),
+            "lattice_strand": r.lattice("faces/strand", 31, 1), "lattice_wall": r.lattice("faces/wall", 5, 1)}
+
+
+SKIN_CELLS = 32  # the fine skin lattice's cells; the smooth one is refined to the same size
+
+
+def _skin_noise(p: dict[str, Tensor], uh: Tensor, vh: Tensor) -> Tensor:
     """Blotch, flush modulation and freckle noise (B, 3, H, W) at head coordinates uh, vh:
     one bilinear grid_sample of a stack of a smooth (bicubically refined) and a fine lattice."""
-    n = 33
-    lo = F.interpolate(lattice_values(seeds, "faces/skin_lo", 6, 2), size=(n, n), mode="bicubic", align_corners=True)
-    return sample_at(torch.cat([lo, lattice_values(seeds, "faces/skin_hi", n - 1, 1)], 1), uh, vh, mode="bilinear")
+    n = SKIN_CELLS + 1
+    lo = F.interpolate(p["lattice_skin_lo"], size=(n, n), mode="bicubic", align_corners=True)
+    return sample_at(torch.cat([lo, p["lattice_skin_hi"]], 1), uh, vh, mode="bilinear")
 
 
-def _noise(seeds: Tensor, xs: Tensor, ys: Tensor, res: int):
+def _noise(p: dict[str, Tensor], xs: Tensor, ys: Tensor, res: int):
     """Hair strands (B, H, W), fine across and coarse along the hair (coordinates xs, ys), and
     the wall texture (B, H, W): an image-space field upsampled at pixel centres (resolution
     independent, like every field here). Few lattices and samples: they dominate the cost."""
-    strand = lattice_values(seeds, "faces/strand", 31, 1).reshape(-1, 1, 16, 64)  # i.i.d. values: any shape
+    strand = p["lattice_strand"].reshape(-1, 1, 16, 64)  # i.i.d. values: any shape
     strand = sample_at(strand, xs, ys, mode="bilinear")[:, 0]
-    wall = F.interpolate(lattice_values(seeds, "faces/wall", 5, 1), size=(24, 24), mode="bicubic", align_corners=True)
+    wall = F.interpolate(p["lattice_wall"], size=(24, 24), mode="bicubic", align_corners=True)
     wall = F.interpolate(wall, size=(res, res), mode="bilinear", align_corners=False)[:, 0]
     return strand, wall
 
@@ -476,36 +518,60 @@ def _coords(p: dict[str, Tensor], res: int, oy: Tensor | None = None, ox: Tensor
     return q0, Xp, Yp
 
 
-def _head_window(p: dict[str, Tensor], res: int):
-    """A pixel window per sample that holds its head's silhouette (the posed ellipsoid's
-    exact bounding box, plus two pixels): row and column indices (B, h, 1), (B, 1, w) and
-    flat indices (B, h * w). The window size is the batch's largest."""
+def _head_extent(p: dict[str, Tensor], res: int) -> tuple[Tensor, Tensor]:
+    """First and one-past-last pixel (B, 2) (x, y) of each head's silhouette (the posed
+    ellipsoid's exact bounding box, plus two pixels)."""
     R = p["R"]
     axes2 = torch.stack([p["a"], p["b"], p["c"]], -1) ** 2
     half = ((R[:, :2, :] ** 2) * axes2[:, None, :]).sum(-1).sqrt()  # (B, 2): x, y half extents
     centre = torch.stack([p["cx"], p["cy"]], -1)
     lo = torch.floor((centre - half) * res - 0.5).long() - 2
     hi = torch.ceil((centre + half) * res - 0.5).long() + 2
-    # sizes in multiples of 16: every element then takes the same (vectorised) code path
-    # whatever the batch, so a sample is bit-identical in any batch
-    size = ((hi - lo + 16).amax(0) // 16 * 16).clamp(max=res)
-    ox, oy = (torch.minimum(lo[:, i].clamp(min=0), res - size[i]) for i in (0, 1))
-    w, h = int(size[0]), int(size[1])
+    return lo, hi
+
+
+def _window_size(res: int) -> tuple[int, int]:
+    """The head window's width and height at ``res``: enough for any head the parameter
+    ranges allow, in multiples of 16, at most ``res``.
+
+    Why fixed, not the batch's largest head: reading the batch's extent back would stop
+    the host for the GPU on every call. Bound: with the largest half axes a, b = a *
+    aspect, c = a * depth, a silhouette is at most max(a, b, c) from its centre, and
+    across at most sqrt(a^2 R00^2 + max(b, c)^2 (1 - R00^2)) with R00 = cos(roll)
+    cos(yaw) >= cos(ROLL) cos(YAW); a window of extent e needs at most 2 e res + 6 pixels
+    (the bounding box's rounding and its two-pixel margins), plus one for rounding in
+    float32. Sizes in multiples of 16 keep every element on the same (vectorised) code
+    path whatever the batch; a sample's values do not depend on the window's size."""
+    a = HEAD_A[1]
+    bc = a * max(HEAD_ASPECT[1], HEAD_DEPTH[1], 1.0)
+    r00 = math.cos(math.radians(ROLL)) * math.cos(math.radians(YAW))
+    half = (math.sqrt(a * a * r00 * r00 + bc * bc * (1 - r00 * r00)), bc)
+    return tuple(min(res, (math.floor(2 * h * res + 7) + 16) // 16 * 16) for h in half)
+
+
+def _head_window(p: dict[str, Tensor], res: int):
+    """A pixel window per sample that holds its head's silhouette: row and column indices
+    (B, h, 1), (B, 1, w) and flat indices (B, h * w); every sample's window has the size
+    :func:`_window_size`."""
+    R = p["R"]
+    lo, _ = _head_extent(p, res)
+    w, h = _window_size(res)
+    ox, oy = (lo[:, i].clamp(0, res - size) for i, size in ((0, w), (1, h)))
     cols = ox[:, None, None] + torch.arange(w, device=R.device)[None, None, :]
     rows = oy[:, None, None] + torch.arange(h, device=R.device)[None, :, None]
     return rows, cols, (rows * res + cols).reshape(R.shape[0], -1)
 
 
-def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[str, Tensor]:
+def _render(p: dict[str, Tensor], res: int, shift: bool) -> dict[str, Tensor]:
     """Build the materials layer by layer, then shade: the body of :meth:`FacesDataset.render`."""
-    B, dev = seeds.shape[0], seeds.device
+    B, dev = p["a"].shape[0], p["a"].device
     u, v = pixel_grid(res, B, dev)
     R = p["R"]
     a, b, c = _col(p["a"]), _col(p["b"]), _col(p["c"])
     x, y = u - _col(p["cx"]), v - _col(p["cy"])
     d = R[:, 2, :]  # the view ray (camera z) in head coordinates
     q0, Xp, Yp = _coords(p, res)
-    strand, wall_n = _noise(seeds, 0.5 + 1.2 * Xp, 0.5 + 0.28 * Yp, res)
+    strand, wall_n = _noise(p, 0.5 + 1.2 * Xp, 0.5 + 0.28 * Yp, res)
     ones = torch.ones_like(x)
     zeros = torch.zeros_like(x)
 
@@ -557,7 +623,7 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     hidden = has_hair * (L > 0.3) * (_col(p["hair_side"]) > 0)
     ear = _cov((1 - er) * (0.13 * a), res).mul_(1 - hidden)
     inner = _step(0.3, 0.65, er)
-    ear_alb = skin * torch.tensor([1.0, 0.88, 0.86], device=dev).view(1, 3, 1, 1)  # redder than the face
+    ear_alb = skin * on_device((1.0, 0.88, 0.86), dev).view(1, 3, 1, 1)  # redder than the face
     cv.over(ear, albedo=ear_alb * (0.75 + 0.25 * inner).unsqueeze(1),
             nx=Xp.sign() * (0.5 + 0.4 * er), ny=0.3 * et, nz=ones, ks=0.3 * _col(p["oil"]), gloss=12.0,
             ao=0.5 + 0.5 * inner, vis=1.0, aniso=0.0, person=1.0)
@@ -567,7 +633,7 @@ def _render(seeds: Tensor, p: dict[str, Tensor], res: int, shift: bool) -> dict[
     # not depend on the window: outside its silhouette the head's coverage is exactly 0)
     win = _head_window(p, res)
     q0w, Xpw, Ypw = _coords(p, res, *win[:2])
-    skin_n = _skin_noise(seeds, 0.5 + 0.3 * Xpw / a, 0.5 + 0.3 * Ypw / a)
+    skin_n = _skin_noise(p, 0.5 + 0.3 * Xpw / a, 0.5 + 0.3 * Ypw / a)
     strand_w = cv.gather(strand, win[2]).view_as(Xpw)
     hair_w = _rgb(p["hair_col"]) * (0.45 + 1.1 * strand_w).unsqueeze(1)
     head = _head(p, q0w, d, skin, skin_n, strand_w, res, shift, hair_w)
@@ -610,7 +676,7 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     ny = (Y * ib).addcmul_(zc, ht, value=-1)
     ny.addcmul_(X * X * ia, jaw * 6 * xj * (1 - xj) / (b * w))  # d/dY of the jaw narrowing
     nz = zc
-    kc = lambda *rgb: torch.tensor(rgb, device=dev).view(1, 3, 1, 1)
+    kc = lambda *rgb: on_device(rgb, dev).view(1, 3, 1, 1)
 
     # skin albedo: tone, blotches, flush, freckles; T-zone oiliness
     blotch, flush_n, fine = skin_n[:, 0], skin_n[:, 1], skin_n[:, 2]
@@ -641,8 +707,8 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     y_bot = mt + 0.06 * _col(p["lip_lo"]) * arc ** 0.6
     lips = _cov(torch.minimum(t - y_top, y_bot - t) * b, res).mul_(_cov((1 - sm.abs()) * mw * a, res))
     alb.lerp_(_rgb(p["lip_col"]), lips.unsqueeze(1))
-    ks.lerp_(torch.tensor(0.06, device=dev), lips)
-    gloss.lerp_(torch.tensor(40.0, device=dev), lips)
+    ks.lerp_(on_device(0.06, dev), lips)
+    gloss.lerp_(on_device(40.0, dev), lips)
     mline = _bell(t, mt - _col(p["smile"]) * sm * sm, 0.014).mul_(_step(1.05, 0.8, sm.abs()))
     alb.mul_((1 - 0.7 * mline).unsqueeze(1))
     ao.mul_(1 - 0.5 * mline)
@@ -675,8 +741,8 @@ def _head(p, q0, d, skin, skin_n, strand, res, shift, hair_alb) -> dict[str, Ten
     re = ewid * a * (1.15 / 1.6)
     nx.lerp_(nz * (sa - ex) * a * sgn / re, opening)
     ny.lerp_(nz * dyi / re, opening)
-    ks.lerp_(torch.tensor(0.2, device=dev), opening)
-    gloss.lerp_(torch.tensor(90.0, device=dev), opening)
+    ks.lerp_(on_device(0.2, dev), opening)
+    gloss.lerp_(on_device(90.0, dev), opening)
 
     # brows: an arch above each eye, thick inside, thin at the tail, with hair strands
     dxb = (sa - ex + 0.02) / 0.24
@@ -750,29 +816,38 @@ def _shade(cv: _Canvas, p: dict[str, Tensor]) -> dict[str, Tensor]:
     to_head = lambda vec: (R * vec[:, :, None]).sum(1)  # R^T vec
     dot = lambda vec: (nx * _col(vec[:, 0])).addcmul_(ny, _col(vec[:, 1])).addcmul_(nz, _col(vec[:, 2]))
     # hemispherical ambient: more light from above, less in cavities
-    up = to_head(torch.tensor([0.0, -1.0, 0.0], device=R.device).expand(R.shape[0], 3))
+    up = to_head(on_device((0.0, -1.0, 0.0), R.device).expand(R.shape[0], 3))
     amb = dot(up).mul_(0.35).add_(0.75).mul_(ao)
     shading = _rgb(p["amb_col"] * (p["amb"] * p["exposure"])[:, None]) * amb.unsqueeze(1)
     specular = torch.zeros_like(shading)
     nyz = (ny * ny).addcmul_(nz, nz).clamp_(min=1e-8).rsqrt_()
-    view = to_head(torch.tensor([0.0, 0.0, 1.0], device=R.device).expand(R.shape[0], 3))
-    for ld, rad in _lights(p):
-        lh = to_head(ld)
-        h = _unit(lh + view)
-        ndl = dot(lh)
-        diffuse = ((ndl + WRAP) * (1 / (1 + WRAP))).clamp_(min=0).mul_(vis)
-        shading.addcmul_(_rgb(rad), diffuse.unsqueeze(1))
-        ndh = dot(h).clamp_(0, 1)
-        # Kajiya-Kay on hair: the strand tangent runs down the head, T ~ (0, nz, -ny)
-        tdh = (nz * _col(h[:, 1])).addcmul_(ny, _col(-h[:, 2])).mul_(nyz)
-        kk = tdh.mul_(tdh).neg_().add_(1).clamp_(0, 1).sqrt_()
-        # x^gloss as exp(gloss log x), floored at e^-20: denormals would make it 20x slower
-        lobe = ndh.lerp_(kk, aniso).clamp_(min=1e-6).log_().mul_(gloss).clamp_(min=-20.0).exp_()
-        ndl.mul_(1 / 0.15).clamp_(0, 1)
-        spec = lobe.mul_(ks).mul_(norm).mul_(ndl * ndl * (3 - 2 * ndl)).mul_(vis)
-        specular.addcmul_(_rgb(rad), spec.unsqueeze(1))
+    view = to_head(on_device((0.0, 0.0, 1.0), R.device).expand(R.shape[0], 3))
+    # every light at once: fields (B, L, H, W), one kernel per step whatever the number of
+    # lights; the sums then run light by light, in the order a loop over lights would take
+    lights = _lights(p)
+    lh = [to_head(ld) for ld, _ in lights]
+    h = torch.stack([_unit(v + view) for v in lh], 1)[..., None, None]  # (B, L, 3, 1, 1)
+    lh = torch.stack(lh, 1)[..., None, None]
+    nx, ny, nz, nyz, ks, gloss, vis, aniso, norm = (t[:, None] for t in (nx, ny, nz, nyz, ks, gloss, vis, aniso, norm))
+    ndl = (nx * lh[:, :, 0]).addcmul_(ny, lh[:, :, 1]).addcmul_(nz, lh[:, :, 2])
+    diffuse = ((ndl + WRAP) * (1 / (1 + WRAP))).clamp_(min=0).mul_(vis)
+    ndh = (nx * h[:, :, 0]).addcmul_(ny, h[:, :, 1]).addcmul_(nz, h[:, :, 2]).clamp_(0, 1)
+    # Kajiya-Kay on hair: the strand tangent runs down the head, T ~ (0, nz, -ny)
+    tdh = (nz * h[:, :, 1]).addcmul_(ny, -h[:, :, 2]).mul_(nyz)
+    kk = tdh.mul_(tdh).neg_().add_(1).clamp_(0, 1).sqrt_()
+    # x^gloss as exp(gloss log x), floored at e^-20: denormals would make it 20x slower
+    lobe = ndh.lerp_(kk, aniso).clamp_(min=1e-6).log_().mul_(gloss).clamp_(min=-20.0).exp_()
+    ndl.mul_(1 / 0.15).clamp_(0, 1)
+    spec = lobe.mul_(ks).mul_(norm).mul_(ndl * ndl * (3 - 2 * ndl)).mul_(vis)
+    for i, (_, rad) in enumerate(lights):
+        shading.addcmul_(_rgb(rad), diffuse[:, i:i + 1])
+        specular.addcmul_(_rgb(rad), spec[:, i:i + 1])
     return {"albedo": cv["albedo"].clamp_(0, 1), "shading": shading.clamp_(min=0),
             "specular": specular.clamp_(min=0), "mask": (cv["person"] > 0.5).float().unsqueeze(1)}
+
+
+# what a face's parameters and noise lattices draw (faces, faces-shift), learnt on the first render
+PLANS = {name: DrawPlan(name) for name in ("faces", "shift")}
 
 
 register_dataset("faces", FacesDataset, description=FacesDataset.description)

@@ -25,7 +25,11 @@ pattern is a function of continuous image coordinates: a sample is the same what
 batch, device or resolution it is rendered at (higher resolutions are sharper; renders
 below 64 px are area-averaged 64 px renders, so they are filtered, not aliased).
 Families are rendered per group of samples (a loop over families, never over images),
-which keeps a 256 x 64 px training batch well under half a second on two CPU cores.
+which keeps a 256 x 64 px training batch well under half a second on two CPU cores. For
+GPUs a render call is a fixed number of kernels whatever its size (about 2,500) and waits
+for the device nowhere: every family's random draws are made at once
+(:class:`procedural.DrawPlan`), and the samples are grouped by family on the host, where
+their seeds are made.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ from joinbench.forward import srgb_decode
 from joinbench.registry import register_dataset
 
 from .base import ProceduralDataset
-from .procedural import Rand, _mix, batch_invariant, height_to_normals, kelvin_to_rgb, lattice_values, pixel_grid, seed_hash, smoothstep
+from .procedural import (DrawPlan, Rand, _mix, _seed_base, batch_invariant, height_to_normals, kelvin_to_rgb, on_device,
+                         pixel_grid, smoothstep, to_device)
 from .shift import apply_camera_shift
 
 
@@ -63,13 +68,13 @@ def srgb_table(*rows: tuple[int, int, int]) -> Tensor:
 
 @dataclass
 class Patch:
-    """What a family function sees: the samples' seeds and coordinates.
+    """What a family function sees: the samples' random numbers and coordinates.
 
+    r: the samples' :class:`Rand` (with the family's :class:`DrawPlan`).
     x, y: (b, 1, H, W) pixel centres in image widths, centred (-0.5 .. 0.5; y down).
     px: one pixel in image widths, used only as an anti-aliasing width.
     """
 
-    seeds: Tensor
     r: Rand
     x: Tensor
     y: Tensor
@@ -102,11 +107,11 @@ SPAN = 0.75  # noise lattices cover [-SPAN, SPAN]^2 image widths: the patch, rot
 
 def lattice(p: Patch, key: str, ny: int, nx: int, channels: int = 1) -> Tensor:
     """Seed-keyed i.i.d. uniform lattice (b, C, ny + 1, nx + 1) from
-    :func:`procedural.lattice_values`; non-square shapes reuse a square lattice's values."""
+    :meth:`procedural.Rand.lattice`; non-square shapes reuse a square lattice's values."""
     if ny == nx:
-        return lattice_values(p.seeds, key, nx, channels)
+        return p.r.lattice(key, nx, channels)
     side = math.isqrt((ny + 1) * (nx + 1) - 1) + 1
-    lat = lattice_values(p.seeds, key, side - 1, channels).flatten(2)
+    lat = p.r.lattice(key, side - 1, channels).flatten(2)
     return lat[..., : (ny + 1) * (nx + 1)].reshape(lat.shape[0], channels, ny + 1, nx + 1)
 
 
@@ -137,37 +142,38 @@ def fbm(p: Patch, key: str, x: Tensor, y: Tensor, freq: float, octaves: int, str
 def cell_values(p: Patch, key: str, i: Tensor, j: Tensor, n: int = 1) -> list[Tensor]:
     """``n`` uniform values per integer cell (i, j) (long (b, 1, H, W)) and sample, from a
     single 32-bit hash per pixel (32 // n bits each: plenty for colour jitter)."""
-    h = _mix(col(seed_hash(p.seeds, key)) ^ (((i & 0xFFFF) << 16) | (j & 0xFFFF)))
+    h = _mix(col(p.r.hashes(key)) ^ (((i & 0xFFFF) << 16) | (j & 0xFFFF)))
     bits = 32 // n
     mask = (1 << bits) - 1
     return [(((h >> (bits * k)) & mask).to(torch.float32) + 0.5) / (1 << bits) for k in range(n)]
 
 
-def cells(p: Patch, key: str, x: Tensor, y: Tensor, density: Tensor, jitter: float = 0.9):
-    """Voronoi / Worley cells, ``density`` (b, 1, 1, 1) cells per image width, for x, y in
-    [-0.5, 0.5]: F1, F2 (distances to the nearest two feature points, image widths) and a
-    uniform value per cell, each (b, 1, H, W). Feature points come from one seed-keyed
-    lattice gathered per pixel (five times cheaper than hashing per pixel and neighbour)."""
+NEIGHBOURS = tuple((dx, dy) for dy in (-1.0, 0.0, 1.0) for dx in (-1.0, 0.0, 1.0))  # the 3 x 3 cells around a pixel's
+
+
+def cells(p: Patch, key: str, x: Tensor, y: Tensor, density: Tensor, max_density: float, jitter: float = 0.9):
+    """Voronoi / Worley cells, ``density`` (b, 1, 1, 1) cells per image width (at most
+    ``max_density``, the top of its range), for x, y in [-0.5, 0.5]: F1, F2 (distances to
+    the nearest two feature points, image widths) and a uniform value per cell, each
+    (b, 1, H, W). Feature points come from one seed-keyed lattice gathered per pixel (five
+    times cheaper than hashing per pixel and neighbour); the nine neighbour cells are
+    looked at together (one kernel each instead of nine). The lattice's size comes from
+    ``max_density``, not from the batch's densities: no host sync, and a feature point is
+    the same whatever the lattice's size (its hash depends on its cell only)."""
     b, _, h, w = x.shape
     gx, gy = (x + 0.5) * density, (y + 0.5) * density
-    n = int(math.ceil(float(density.max()))) + 3
-    table = lattice_values(p.seeds, key, n - 1, 3).flatten(2)  # (b, 3, n*n): offset x, offset y, value
-    cx, cy = torch.floor(gx), torch.floor(gy)
-    best1 = torch.full_like(gx, 1e9)
-    best2 = torch.full_like(gx, 1e9)
-    value = torch.zeros_like(gx)
-    for dy in (-1.0, 0.0, 1.0):
-        for dx in (-1.0, 0.0, 1.0):
-            nx, ny = cx + dx, cy + dy
-            idx = ((ny + 1).clamp(0, n - 1) * n + (nx + 1).clamp(0, n - 1)).long().view(b, 1, h * w)
-            feat = table.gather(2, idx.expand(-1, 3, -1)).view(b, 3, h, w)
-            px = nx + 0.5 + jitter * (feat[:, 0:1] - 0.5)
-            py = ny + 0.5 + jitter * (feat[:, 1:2] - 0.5)
-            d = (gx - px) ** 2 + (gy - py) ** 2
-            closer = d < best1
-            best2 = torch.where(closer, best1, torch.minimum(best2, d))
-            value = torch.where(closer, feat[:, 2:3], value)
-            best1 = torch.where(closer, d, best1)
+    n = int(math.ceil(max_density)) + 3
+    table = p.r.lattice(key, n - 1, 3).flatten(2)  # (b, 3, n*n): offset x, offset y, value
+    offsets = on_device(NEIGHBOURS, x.device).T.reshape(2, 1, 9, 1, 1)
+    nx, ny = torch.floor(gx) + offsets[0], torch.floor(gy) + offsets[1]  # (b, 9, H, W)
+    idx = ((ny + 1).clamp(0, n - 1) * n + (nx + 1).clamp(0, n - 1)).long().view(b, 1, 9 * h * w)
+    feat = table.gather(2, idx.expand(-1, 3, -1)).view(b, 3, 9, h, w)
+    px = nx + 0.5 + jitter * (feat[:, 0] - 0.5)
+    py = ny + 0.5 + jitter * (feat[:, 1] - 0.5)
+    d = (gx - px) ** 2 + (gy - py) ** 2
+    best1, nearest = d.min(dim=1, keepdim=True)  # ties: the first neighbour, as a scan in NEIGHBOURS order would
+    best2 = d.scatter(1, nearest, math.inf).amin(1, keepdim=True)
+    value = feat[:, 2].gather(1, nearest)
     return best1.sqrt() / density, best2.sqrt() / density, value
 
 
@@ -308,9 +314,9 @@ def wood(p: Patch) -> Layers:
     t = torch.frac(radius + p.u("wood/warp_amt", 0.6, 2.0) * warp + hb[3] * 10)
     late = smoothstep(0.45, 0.9, t) * (1 - smoothstep(0.93, 1.0, t))
 
-    tint = torch.tensor([0.12, 0.1, 0.08], device=p.x.device).view(1, 3, 1, 1)
+    tint = on_device((0.12, 0.1, 0.08), p.x.device).view(1, 3, 1, 1)
     base = p.pick("wood/col", WOOD) * (1 + tint * (torch.cat(hb[:3], 1) - 0.5)) * (1 + 0.3 * (hb[3] - 0.5))
-    redder = torch.tensor([1.0, 0.92, 0.85], device=p.x.device)
+    redder = on_device((1.0, 0.92, 0.85), p.x.device)
     latewood = base * col(p.r.uniform("wood/late", 3, 0.5, 0.75) * redder)
     pores = noise(p, "wood/pores", xr, yr, 40, 2.4, mode="bilinear")
     albedo = mix(base, latewood, late * p.u("wood/contrast", 0.5, 1.0)) * (1 - 0.25 * (pores - 0.5))
@@ -328,8 +334,9 @@ def wood(p: Patch) -> Layers:
 
 def stones(p: Patch) -> Layers:
     """Cobbles / flagstones / pebbles: Voronoi stones, domed, speckled (granite), in grout."""
-    density = p.u("stones/density", 3.0, 8.0)
-    f1, f2, val = cells(p, "stones/cells", p.x, p.y, density, 0.9)
+    top = 8.0  # cells per image width, at most
+    density = p.u("stones/density", 3.0, top)
+    f1, f2, val = cells(p, "stones/cells", p.x, p.y, density, top, 0.9)
     edge = (f2 - f1) * 0.5  # about the distance to the cell border
     gap = p.u("stones/gap", 0.004, 0.015)
     stone = edge_mask(p, edge, gap)
@@ -457,8 +464,8 @@ def marble(p: Patch) -> Layers:
     cloud = fbm(p, "marble/cloud", p.x, p.y, 3, 4)
     kind = p.r.randint("marble/kind", MARBLE.shape[0])
     jitter = torch.exp(0.05 * p.r.normal("marble/hue", 3) + 0.1 * p.r.normal("marble/val")[:, None])
-    base = col(MARBLE.to(p.x.device)[kind] * jitter) * (1 + 0.3 * (cloud - 0.5))
-    vein = col(VEIN.to(p.x.device)[kind] * jitter)
+    base = col(on_device(MARBLE, p.x.device)[kind] * jitter) * (1 + 0.3 * (cloud - 0.5))
+    vein = col(on_device(VEIN, p.x.device)[kind] * jitter)
     albedo = mix(base, vein, (broad + fine).clamp(0, 1))
     height = 0.0006 * cloud
     rough = p.u("marble/rough", 0.1, 0.25) + 0.03 * cloud
@@ -467,8 +474,9 @@ def marble(p: Patch) -> Layers:
 
 def terrazzo(p: Patch) -> Layers:
     """Polished terrazzo: irregular stone chips of 2-3 colours set in a speckled matrix."""
-    density = p.u("terrazzo/density", 9.0, 20.0)
-    f1, _, val = cells(p, "terrazzo/cells", p.x, p.y, density, 1.0)
+    top = 20.0  # cells per image width, at most
+    density = p.u("terrazzo/density", 9.0, top)
+    f1, _, val = cells(p, "terrazzo/cells", p.x, p.y, density, top, 1.0)
     wobble = noise(p, "terrazzo/wobble", p.x, p.y, 32, mode="bilinear")
     size = (p.u("terrazzo/size", 0.2, 0.4) * (0.5 + torch.frac(val * 71.3))) / density
     chip = 1 - edge_mask(p, f1 + (wobble - 0.5) * 0.4 / density, size)
@@ -484,8 +492,9 @@ def terrazzo(p: Patch) -> Layers:
 
 def leather(p: Patch) -> Layers:
     """Grained leather: a network of creases around small pebbled bumps, mottled dye."""
-    density = p.u("leather/density", 14.0, 30.0)
-    f1, f2, val = cells(p, "leather/cells", p.x, p.y, density, 1.0)
+    top = 30.0  # cells per image width, at most
+    density = p.u("leather/density", 14.0, top)
+    f1, f2, val = cells(p, "leather/cells", p.x, p.y, density, top, 1.0)
     edge = (f2 - f1) * density  # cell units
     lod = 1 - smoothstep(0.3, 0.7, density * p.px)  # grain finer than ~2 pixels fades out
     crease = (1 - smoothstep(0.0, p.u("leather/crease", 0.1, 0.25), edge)) * lod
@@ -528,7 +537,7 @@ def flash_light(r: Rand, camera: Tensor) -> tuple[Tensor, Tensor]:
 
 def hsv_colour(hue: Tensor, sat: Tensor) -> Tensor:
     """Fully bright colour of ``hue`` (0..1) and ``sat`` -> linear RGB (B, 3), max 1."""
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=hue.device) + 6 * hue[:, None], 6.0)
+    k = torch.remainder(on_device((5.0, 3.0, 1.0), hue.device) + 6 * hue[:, None], 6.0)
     rgb = 1 - sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
     return batch_invariant(srgb_decode, rgb)  # a pow of (B, 3): see batch_invariant
 
@@ -544,7 +553,7 @@ def shift_lights(r: Rand, camera: Tensor, n_lights: int = 3, samples: int = 6) -
     dist = r.uniform("shift/dist", n_lights, 0.8, 2.5)
     centre = torch.stack([dist * torch.cos(el) * torch.cos(az), dist * torch.cos(el) * torch.sin(az), dist * torch.sin(el)], -1)
     flash = r.bernoulli("shift/flash", 0.4)  # sometimes the first light is still the flash
-    centre[:, 0] = torch.where(flash[:, None], camera + torch.tensor([0.1, -0.1, 0.0], device=camera.device), centre[:, 0])
+    centre[:, 0] = torch.where(flash[:, None], camera + on_device((0.1, -0.1, 0.0), camera.device), centre[:, 0])
     kelvin = kelvin_to_rgb(r.uniform("shift/kelvin", n_lights, 2500.0, 9000.0).flatten()).view(b, n_lights, 3)
     gel = hsv_colour(r.uniform("shift/hue", n_lights).flatten(), r.uniform("shift/sat", n_lights, 0.1, 0.45).flatten()).view(b, n_lights, 3)
     colour = torch.where(r.bernoulli("shift/gel", 0.5, n_lights)[..., None], gel, kelvin)
@@ -565,7 +574,11 @@ def shade(x: Tensor, y: Tensor, normal: tuple[Tensor, Tensor, Tensor], layers: L
     (B, K, S, 3), colours (B, K, 3) shared by a light's S samples.
 
     Per sample only scalars are summed; Schlick's Fresnel is linear in F0, so
-    sum F lobe = F0 sum lobe + (1 - F0) sum lobe (1 - V.H)^5, and colour enters once per light."""
+    sum F lobe = F0 sum lobe + (1 - F0) sum lobe (1 - V.H)^5, and colour enters once per light.
+    All K * S point samples are evaluated together ((B, K * S, H, W) fields: one kernel
+    per step instead of one per point sample); the sums then run point by point in the
+    same order as a loop would, so the result does not depend on that grouping."""
+    b, k, s = light_pos.shape[:3]
     nx, ny, nz = normal
     vx, vy, vz = col(camera[:, 0]) - x, col(camera[:, 1]) - y, col(camera[:, 2]).expand_as(x)
     inv = torch.rsqrt(vx * vx + vy * vy + vz * vz)
@@ -574,28 +587,31 @@ def shade(x: Tensor, y: Tensor, normal: tuple[Tensor, Tensor, Tensor], layers: L
     alpha = layers.rough.clamp(0.03, 1.0) ** 2
     a2 = alpha * alpha
     g1v = 2 * nv / (nv + torch.sqrt(a2 + (1 - a2) * nv * nv))
+
+    p = light_pos.reshape(b, k * s, 3, 1, 1)
+    lx, ly, lz = p[:, :, 0] - x, p[:, :, 1] - y, p[:, :, 2].expand(-1, -1, *x.shape[2:])  # (B, K * S, H, W)
+    inv2 = 1.0 / (lx * lx + ly * ly + lz * lz)
+    inv = torch.sqrt(inv2)
+    lx, ly, lz = lx * inv, ly * inv, lz * inv
+    nl = (nx * lx + ny * ly + nz * lz).clamp_min(0.0)
+    hx, hy, hz = lx + vx, ly + vy, lz + vz
+    hinv = torch.rsqrt(hx * hx + hy * hy + hz * hz)
+    nh = ((nx * hx + ny * hy + nz * hz) * hinv).clamp_min(0.0)
+    vh = ((vx * hx + vy * hy + vz * hz) * hinv).clamp(0.0, 1.0)
+    d = a2 / (math.pi * (nh * nh * (a2 - 1) + 1) ** 2)
+    g1l = 2 * nl / (nl + torch.sqrt(a2 + (1 - a2) * nl * nl))
+    # pi * F D G / (4 NL NV) * NL * E  ==  pi * F D G1v G1l / (4 NV) * E   (E = I / d^2)
+    lobe = (math.pi / 4) * d * g1l * g1v / nv * inv2
+    irradiance, grazing = nl * inv2, lobe * (1 - vh) ** 5
+
     diffuse = spec = 0.0
-    for k in range(light_pos.shape[1]):
+    for light in range(k):
         irr = lobe_sum = grazing_sum = 0.0
-        for s in range(light_pos.shape[2]):
-            p = light_pos[:, k, s]
-            lx, ly, lz = col(p[:, 0]) - x, col(p[:, 1]) - y, col(p[:, 2]).expand_as(x)
-            inv2 = 1.0 / (lx * lx + ly * ly + lz * lz)
-            inv = torch.sqrt(inv2)
-            lx, ly, lz = lx * inv, ly * inv, lz * inv
-            nl = (nx * lx + ny * ly + nz * lz).clamp_min(0.0)
-            hx, hy, hz = lx + vx, ly + vy, lz + vz
-            hinv = torch.rsqrt(hx * hx + hy * hy + hz * hz)
-            nh = ((nx * hx + ny * hy + nz * hz) * hinv).clamp_min(0.0)
-            vh = ((vx * hx + vy * hy + vz * hz) * hinv).clamp(0.0, 1.0)
-            d = a2 / (math.pi * (nh * nh * (a2 - 1) + 1) ** 2)
-            g1l = 2 * nl / (nl + torch.sqrt(a2 + (1 - a2) * nl * nl))
-            # pi * F D G / (4 NL NV) * NL * E  ==  pi * F D G1v G1l / (4 NV) * E   (E = I / d^2)
-            lobe = (math.pi / 4) * d * g1l * g1v / nv * inv2
-            irr = irr + nl * inv2
-            lobe_sum = lobe_sum + lobe
-            grazing_sum = grazing_sum + lobe * (1 - vh) ** 5
-        rgb = col(light_rgb[:, k])
+        for i in range(light * s, (light + 1) * s):
+            irr = irr + irradiance[:, i:i + 1]
+            lobe_sum = lobe_sum + lobe[:, i:i + 1]
+            grazing_sum = grazing_sum + grazing[:, i:i + 1]
+        rgb = col(light_rgb[:, light])
         diffuse = diffuse + irr * rgb
         spec = spec + (layers.f0 * (lobe_sum - grazing_sum) + grazing_sum) * rgb
     return diffuse, spec
@@ -611,6 +627,7 @@ class MaterialsDataset(ProceduralDataset):
     """Flat material swatches under a flash (FlashMaterials): albedo, shading, specular."""
 
     name = "materials"
+    domain = "materials"
     description = ("flat material patches (plaster, bricks/tiles, wood, stones, fabric, metal) lit by a flash "
                    "near the camera; GGX specular, normal-map shading, inverse-square falloff")
     shift_description = ("sim-to-real shift of materials: unseen families (marble, terrazzo, leather), 1-3 "
@@ -623,14 +640,13 @@ class MaterialsDataset(ProceduralDataset):
         super().__init__(resolution, size, seed, forward_model, shift, render_batch)
         if self.shift:
             self.name = "materials-shift"
-    domain = "materials"
             self.description = self.shift_description
 
     # -- families ------------------------------------------------------------------------
-    def family_index(self, seeds: Tensor) -> Tensor:
+    def family_index(self, seeds: Tensor, base: Tensor | None = None) -> Tensor:
         """Index into FAMILIES per seed (B,): training families, or only withheld ones."""
-        pool = [i for i, f in enumerate(FAMILIES) if f.shift == self.shift]
-        return torch.tensor(pool, device=seeds.device)[Rand(seeds).randint("family", len(pool))]
+        pool = [i for i, f in enumerate(FAMILIES) if f.shift == self.shift]  # consecutive: withheld ones come last
+        return pool[0] + Rand(seeds, base=base).randint("family", len(pool))
 
     def families(self, seeds: Tensor) -> list[str]:
         """Pattern family name per seed (cheap: nothing is rendered)."""
@@ -645,41 +661,53 @@ class MaterialsDataset(ProceduralDataset):
     def render(self, seeds: Tensor, resolution: int, device: torch.device | str) -> dict[str, Tensor]:
         """Linear layers (and, for the shift split, the degraded display image).
 
+        Samples are rendered grouped by family, in one call per family: which sample has
+        which family is decided where the seeds are made, on the host (seeds come from a
+        CPU generator or a test index), so grouping needs no host sync; seeds already on
+        a GPU cost one copy back. The grouped batch is put back in the callers' order at
+        the end (one gather per layer).
+
         Renders below 64 px are rendered at 64 px and area-averaged: bricks' mortar, weave
         and grain are a pixel or two wide at 64 px and would alias into a different-looking
         swatch at 16 or 32 px (costs nothing that matters: a 64 px batch is cheap)."""
-        seeds = seeds.to(device)
+        host = seeds.to(torch.int64).cpu()
+        base = _seed_base(host)
+        family = self.family_index(host, base)
+        order = torch.argsort(family, stable=True)
+        counts = torch.bincount(family, minlength=len(FAMILIES)).tolist()
+        # one copy to the device: grouped seeds, their seed_hash base, and where each goes back
+        packed = to_device(torch.stack([host[order], base[order], torch.argsort(order)]), device)
+        grouped, base, back = packed[0], packed[1], packed[2]
         work = max(resolution, SUPERSAMPLE_TO)
-        out = self.render_linear(seeds, work, device)
+        out = self.render_linear(grouped, work, device, counts, base)
         if work != resolution:
             out = {k: F.avg_pool2d(v, work // resolution) for k, v in out.items()}
         if self.shift:
             clean = self.forward_model.render(out["albedo"], out["shading"], out["specular"])
-            out["image"] = apply_camera_shift(clean, seeds, "camera")
-        return out
+            out["image"] = apply_camera_shift(clean, grouped, "camera", base)
+        return {k: v.index_select(0, back) for k, v in out.items()}
 
-    def render_linear(self, seeds: Tensor, resolution: int, device: torch.device | str) -> dict[str, Tensor]:
-        """Albedo, shading and specular (B, 3, H, W), linear, at exactly ``resolution``."""
+    def render_linear(self, seeds: Tensor, resolution: int, device: torch.device | str, counts: list[int],
+                      base: Tensor) -> dict[str, Tensor]:
+        """Albedo, shading and specular (B, 3, H, W), linear, at exactly ``resolution``, of
+        ``seeds`` grouped by family: ``counts[f]`` samples of FAMILIES[f] in a row.
+        ``base``: :func:`procedural._seed_base` of the seeds."""
         b = seeds.shape[0]
         u, v = pixel_grid(resolution, b, device)
         x, y = (u - 0.5)[:, None], (v - 0.5)[:, None]
-        albedo = x.new_empty(b, 3, resolution, resolution)
-        f0 = torch.empty_like(albedo)
-        height = x.new_empty(b, 1, resolution, resolution)
-        rough = torch.empty_like(height)
-        fam = self.family_index(seeds)
-        for f in torch.unique(fam).tolist():
-            idx = (fam == f).nonzero()[:, 0]
-            sub = seeds[idx]
-            n = idx.shape[0]
-            layers = FAMILIES[f].fn(Patch(sub, Rand(sub), x[:n], y[:n], 1.0 / resolution))
-            albedo[idx] = layers.albedo.clamp(0.002, 0.95).expand(n, 3, -1, -1)
-            f0[idx] = layers.f0.clamp(0.0, 1.0).expand(n, 3, -1, -1)
-            height[idx] = layers.height.expand(n, 1, -1, -1)
-            rough[idx] = layers.rough.expand(n, 1, -1, -1)
+        parts, start = [], 0
+        for f, n in enumerate(counts):
+            if n:
+                rows = slice(start, start + n)
+                r = Rand(seeds[rows], PLANS[FAMILIES[f].name], base[rows])
+                layers = FAMILIES[f].fn(Patch(r, x[:n], y[:n], 1.0 / resolution))
+                parts.append([layers.albedo.clamp(0.002, 0.95).expand(n, 3, -1, -1), layers.height.expand(n, 1, -1, -1),
+                              layers.rough.expand(n, 1, -1, -1), layers.f0.clamp(0.0, 1.0).expand(n, 3, -1, -1)])
+                start += n
+        albedo, height, rough, f0 = (torch.cat(maps) if len(parts) > 1 else maps[0] for maps in zip(*parts))
         layers = Layers(albedo, height, rough.clamp(0.05, 1.0), f0)
 
-        r = Rand(seeds)
+        r = Rand(seeds, PLANS["scene-shift" if self.shift else "scene"], base)
         dist = r.uniform("camera/dist", None, 1.0, 2.4)
         camera = torch.stack([r.uniform("camera/x", None, -0.04, 0.04), r.uniform("camera/y", None, -0.04, 0.04), dist], -1)
         pos, rgb = shift_lights(r, camera) if self.shift else flash_light(r, camera)
@@ -693,10 +721,14 @@ class MaterialsDataset(ProceduralDataset):
 
         # meter: map the median luminance of the raw composite to a random mid grey
         raw = albedo * shading + specular
-        lum = (raw * torch.tensor([0.2126, 0.7152, 0.0722], device=raw.device).view(1, 3, 1, 1)).sum(1)
+        lum = (raw * on_device((0.2126, 0.7152, 0.0722), raw.device).view(1, 3, 1, 1)).sum(1)
         median = lum.flatten(1).median(dim=1).values.clamp_min(1e-6)
         exposure = col(r.uniform("exposure", None, 0.12, 0.3) / median)
         return {"albedo": albedo, "shading": shading * exposure, "specular": specular * exposure}
+
+
+# what each family and the scene (camera, lights, exposure) draw, learnt on their first render
+PLANS = {name: DrawPlan(name) for name in (*(f.name for f in FAMILIES), "scene", "scene-shift")}
 
 
 register_dataset("materials", MaterialsDataset, description=MaterialsDataset.description)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from joinbench.forward import srgb_decode, srgb_encode
 
-from .procedural import Rand, lattice_values
+from .procedural import DrawPlan, Rand, on_device
 
 # ITU-T T.81 Annex K quantisation tables (luminance, chrominance), the ones libjpeg scales.
 JPEG_LUMA = torch.tensor([
@@ -40,19 +40,22 @@ JPEG_CHROMA[:4, :4] = torch.tensor([
 ], dtype=torch.float32)
 
 
-def _dct_matrix(device: torch.device) -> Tensor:
+def _dct_matrix() -> Tensor:
     """Orthonormal 8-point DCT-II; D @ X @ D.T is JPEG's 2-D forward DCT."""
     k = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
-    return d.to(device=device, dtype=torch.float32)
+    return d.to(torch.float32)
+
+
+DCT = _dct_matrix()
 
 
 def jpeg_tables(quality: Tensor) -> tuple[Tensor, Tensor]:
     """libjpeg's quality scaling of the standard tables: (B,) quality 1..100 -> two (B, 8, 8)."""
     q = quality.to(torch.float32).clamp(1, 100)
     scale = torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)[:, None, None]
-    luma, chroma = (torch.floor((t.to(q.device) * scale + 50) / 100).clamp(1, 255) for t in (JPEG_LUMA, JPEG_CHROMA))
+    luma, chroma = (torch.floor((on_device(t, q.device) * scale + 50) / 100).clamp(1, 255) for t in (JPEG_LUMA, JPEG_CHROMA))
     return luma, chroma
 
 
@@ -86,7 +89,7 @@ def jpeg_compress(image: Tensor, quality: Tensor) -> Tensor:
     if sub:
         chroma = F.avg_pool2d(chroma, 2)
     luma_t, chroma_t = jpeg_tables(quality)
-    dct = _dct_matrix(image.device)
+    dct = on_device(DCT, image.device)
     yq = _blockwise(_pad8(y - 128), luma_t, dct)[..., :h, :w] + 128
     cq = _blockwise(_pad8(chroma), chroma_t, dct)[..., : chroma.shape[-2], : chroma.shape[-1]]
     if sub:
@@ -96,16 +99,19 @@ def jpeg_compress(image: Tensor, quality: Tensor) -> Tensor:
     return (torch.round(rgb.clamp(0, 255)) / 255).to(image.dtype)
 
 
-def pixel_normals(seeds: Tensor, key: str, shape: tuple[int, int, int]) -> Tensor:
+def pixel_normals(r: Rand, key: str, shape: tuple[int, int, int]) -> Tensor:
     """Standard normal noise (B, C, H, W), one hash per pixel (Box-Muller on two lattices)."""
     c, h, w = shape
     n = max(h, w) - 1
-    u1 = lattice_values(seeds, f"{key}/u1", n, c)[..., :h, :w].clamp_min(1e-7)
-    u2 = lattice_values(seeds, f"{key}/u2", n, c)[..., :h, :w]
+    u1 = r.lattice(f"{key}/u1", n, c)[..., :h, :w].clamp_min(1e-7)
+    u2 = r.lattice(f"{key}/u2", n, c)[..., :h, :w]
     return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
 
 
-def apply_camera_shift(image: Tensor, seeds: Tensor, key: str = "camera") -> Tensor:
+_PLANS: dict[tuple, DrawPlan] = {}  # what a degradation draws, per key and image shape (learnt on first use)
+
+
+def apply_camera_shift(image: Tensor, seeds: Tensor, key: str = "camera", base: Tensor | None = None) -> Tensor:
     """Degrade display images (B, 3, H, W) in [0, 1] like a cheap camera, per sample:
 
     * white-balance error: per-channel gains (about +-15 % on red and blue, +-4 % on green);
@@ -114,20 +120,22 @@ def apply_camera_shift(image: Tensor, seeds: Tensor, key: str = "camera") -> Ten
     * JPEG compression at a quality drawn from 30..80 (pure torch, see :func:`jpeg_compress`).
 
     ``key`` names the random streams, so two datasets (or two degradations of one image)
-    can draw independent parameters from the same seeds.
+    can draw independent parameters from the same seeds. ``base``: the seeds'
+    :func:`procedural._seed_base`, when the caller has it.
     """
     seeds = seeds.to(image.device)
-    r = Rand(seeds)
+    shape = tuple(image.shape[1:])
+    r = Rand(seeds, _PLANS.setdefault((key, shape), DrawPlan(key)), base)
     col = lambda t: t.view(-1, 1, 1, 1)
     lin = srgb_decode(image)
 
-    gains = torch.exp(r.normal(f"{key}/wb", 3) * torch.tensor([0.15, 0.04, 0.15], device=image.device))
+    gains = torch.exp(r.normal(f"{key}/wb", 3) * on_device((0.15, 0.04, 0.15), image.device))
     lin = lin * gains[:, :, None, None]
 
     photons = torch.exp(r.uniform(f"{key}/photons", None, math.log(150), math.log(3000)))
     read = r.uniform(f"{key}/read", None, 0.002, 0.01)
     std = torch.sqrt(lin.clamp_min(0) / col(photons) + col(read) ** 2)
-    lin = lin + std * pixel_normals(seeds, f"{key}/noise", tuple(image.shape[1:]))
+    lin = lin + std * pixel_normals(r, f"{key}/noise", shape)
 
     out = srgb_encode(lin.clamp(0, 1))
     quality = r.uniform(f"{key}/jpeg", None, 30, 80).round()

@@ -76,3 +76,20 @@ def test_two_component_forward_model():
     ds = create_dataset("faces-shift", resolution=16, size=2, forward_model="reinhard-nospecular")
     s = ds[0]
     assert s.specular is None and s.image.shape == (3, 16, 16)
+
+
+def test_the_fixed_head_window_holds_every_head():
+    """The head is computed on a window of a fixed size (no host sync for the batch's
+    largest head): every head the parameter ranges allow fits, at every resolution."""
+    from joinbench.datasets.base import ProceduralDataset
+    from joinbench.datasets.faces import _head_extent, _window_size
+
+    seeds = ProceduralDataset.train_seeds(torch.Generator().manual_seed(3), 4000)
+    p = face_params(seeds)
+    for res in (16, 32, 64, 128, 256, 512):
+        lo, hi = _head_extent(p, res)
+        need = (hi - lo).amax(0).tolist()
+        size = _window_size(res)
+        assert all(min(n, res) <= s for n, s in zip(need, size)), (res, need, size)  # a window is at most the image
+        assert all(s % 16 == 0 or s == res for s in size) and max(size) <= res
+    assert _window_size(64)[0] < 64  # still a window, not the whole image, where it matters

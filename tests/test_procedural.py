@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from joinbench.datasets.base import TRAIN_SEED_MIN
 from joinbench.datasets.faces import FacesDataset
 from joinbench.datasets.materials import MaterialsDataset
+from joinbench.datasets.procedural import DrawPlan, Rand
+from joinbench.launches import DEVICE, LaunchCounter
 from joinbench.registry import create_dataset, list_datasets
 
 COMPONENTS = ("albedo", "shading", "specular")
@@ -98,3 +100,40 @@ def test_shift_images_are_degraded_renders(shifted, shift_batch):
     diff = (rendered - shift_batch["image"]).abs().mean((1, 2, 3))
     assert (diff > 0.003).all()  # every image carries camera degradations
     assert diff.mean() < 0.15  # ... but is still the same picture
+
+
+def _draws(r: Rand) -> list[torch.Tensor]:
+    table = torch.arange(12.0).view(4, 3)
+    return [r.uniform("u"), r.uniform("u", 3, -1.0, 2.0), r.uniform("u", None, 0.5, 0.7), r.normal("n"),
+            r.normal("n", 4, 1.0, 0.5), r.randint("i", 7), r.bernoulli("b", 0.3), r.choice("c", table),
+            r.hashes("h"), r.hashes("h", 5), r.lattice("l", 3, 2), r.lattice("w", 4, 1, wrap=True)]
+
+
+def test_a_draw_plan_gives_the_same_numbers_as_drawing_one_by_one():
+    """A plan learnt on the first call makes every draw at once on later calls: exactly the
+    numbers drawn one by one (the test splits' checksums depend on it)."""
+    seeds = torch.tensor([TRAIN_SEED_MIN + 12345, 7, (1 << 62) - 1, TRAIN_SEED_MIN])
+    plan = DrawPlan("test")
+    first = _draws(Rand(seeds, plan))  # learns
+    assert plan.keys and plan.blocks and plan.uniforms and plan.normals
+    for once, planned in zip(first, _draws(Rand(seeds, plan)), strict=True):
+        assert torch.equal(once, planned)
+    rows = _draws(Rand(seeds[1:3], plan))  # any subset of samples: the same per sample
+    assert all(torch.equal(a[1:3], b) for a, b in zip(first, rows))
+
+
+@pytest.mark.parametrize("name", ["materials", "materials-shift", "faces", "faces-shift"])
+def test_one_render_call_costs_under_3000_launches_and_no_host_sync(name):
+    """The engine issue's budget for one render call at 64 px, whatever its size: at most
+    3,000 dispatched ops (views included; each non-view op is about one kernel launch on a
+    GPU) and no host sync (the renderer's draws, lattices and family groups are planned
+    without reading device values). Seeds are made on the host, as training makes them."""
+    ds = create_dataset(name, resolution=64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # the first calls learn the draw plans and move their constants to the device
+        ds.render_batch_at(ds.train_seeds(gen, 48), DEVICE)
+    for batch in (3, 40):
+        with LaunchCounter(flops=False) as counter:
+            ds.render_batch_at(ds.train_seeds(gen, batch), DEVICE)
+        tally = counter.snapshot()
+        assert tally.ops <= 3000 and tally.syncs == 0, (batch, tally.ops, tally.sync_sites)
