@@ -17,6 +17,7 @@ from torch import nn
 from joinbench.errors import JoinbenchError
 from joinbench.gan.bank import load_bank
 from joinbench.gan.model import Generator
+from joinbench.join.engine import ImageVariables
 from joinbench.join.pti import PivotalTuner, PTIConfig, select_parameters, tuned_generator
 from joinbench.join.stage1 import JointInverter, Stage1Config
 from joinbench.registry import create_forward_model
@@ -116,11 +117,15 @@ def test_pti_fits_a_shifted_image_better_than_stage1(world):
 
 
 class GreyCritic(nn.Module):
-    """Stands in for a trained discriminator of the grey bank: real images are grey, so it
+    """Stands in for the trained discriminators of the grey bank (a fused discriminator's
+    features -> logits, images (n, N, C, R, R) -> (n, N, 1)): real images are grey, so it
     scores an image by how far its colour channels stray from grey."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (2.0 - 100.0 * (x - x.mean(1, keepdim=True)).square().mean((1, 2, 3)))[:, None]
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def logits(self, x: torch.Tensor, mbstd_group_size: int | None = None) -> torch.Tensor:
+        return (2.0 - 100.0 * (x - x.mean(2, keepdim=True)).square().mean((2, 3, 4)))[..., None]
 
 
 def test_discriminator_term_keeps_random_samples_on_the_prior(world):
@@ -130,12 +135,15 @@ def test_discriminator_term_keeps_random_samples_on_the_prior(world):
     off its distribution. The tint of the target pulls; the discriminator term must hold it
     back."""
     bank = load_bank("materials", components=world["fm"].components, path=world["folder"])
-    for p in bank.priors.values():
-        p.D = GreyCritic()
     s1, target = world["s1"], world["target"]
     weights = dict(disc_albedo=0.01, disc_shading=0.01, disc_specular=0.01)
-    runs = {d: tuner(world, bank, steps=15, lr=3e-3, disc=d, **weights).tune(target, s1.latents, s1.noise, save_tuned=True)
-            for d in (False, True)}
+
+    def run(disc: bool):
+        t = tuner(world, bank, steps=15, lr=3e-3, disc=disc, **weights)
+        t.D = GreyCritic()  # the fused discriminators' place
+        return t.tune(target, s1.latents, s1.noise, save_tuned=True)
+
+    runs = {d: run(d) for d in (False, True)}
 
     def sample_chroma(res) -> float:
         g = torch.Generator().manual_seed(99)
@@ -180,16 +188,17 @@ def test_an_image_alone_follows_its_trajectory_in_a_batch(world):
 
 
 def test_weight_copies_are_freed_unless_saved(world, monkeypatch):
+    """The per-image copies (one tensor of every image's tuned weights, and Adam's state of it)
+    die with the tune call."""
     s1, target = world["s1"], world["target"]
     refs: list[weakref.ref] = []
-    original = PivotalTuner._make_copies
+    original = ImageVariables.__init__
 
-    def spy(self, batch):
-        copies = original(self, batch)
-        refs.extend(weakref.ref(t) for d in copies.values() for t in d.values())
-        return copies
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        refs.extend(weakref.ref(t) for t in (self.values, *self.opt.state[self.values].values()))
 
-    monkeypatch.setattr(PivotalTuner, "_make_copies", spy)
+    monkeypatch.setattr(ImageVariables, "__init__", spy)
     res = tuner(world, steps=3).tune(target, s1.latents, s1.noise)
     gc.collect()
     assert refs and all(r() is None for r in refs)

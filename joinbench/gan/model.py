@@ -511,18 +511,34 @@ class Discriminator(GroupedModule):
     def forward(self, img: Tensor, mbstd_group_size: int | None = None) -> Tensor:
         """``mbstd_group_size`` overrides the config's (e.g. the number of samples per image
         when several images' samples share one call, stacked sample-major)."""
+        if self.grouped:
+            return self.logits(self.features(img), mbstd_group_size)
+        self._check(img, 4)
+        return self.logits(self.features(img[:, None]), mbstd_group_size)[:, 0]
+
+    def _check(self, img: Tensor, ndim: int) -> None:
         cfg = self.config
         shape = (cfg.img_channels, cfg.resolution, cfg.resolution)
-        if img.ndim != (5 if self.grouped else 4) or img.shape[-3:] != shape:
-            grp = "B, G, " if self.grouped else "B, "
-            raise ValueError(f"D expects ({grp}{', '.join(map(str, shape))}), got {tuple(img.shape)}")
-        x = self.from_rgb(img if self.grouped else img[:, None])
+        if img.ndim != ndim or img.shape[-3:] != shape:
+            raise ValueError(f"D expects (B, {'G, ' if self.grouped else ''}{', '.join(map(str, shape))}), "
+                             f"got {tuple(img.shape)}")
+
+    def features(self, img: Tensor) -> Tensor:
+        """The residual trunk: images (B, G, C, R, R) (G = 1 for a single network) -> (B, G,
+        C4, 4, 4), before minibatch std. Split from :meth:`logits` so samples scored with
+        different minibatch-std groups (PTI's pivot and its neighbours) share one pass through
+        the trunk."""
+        self._check(img, 5)
+        x = self.from_rgb(img)
         for block in self.blocks:
             x = block(x)
+        return x
+
+    def logits(self, x: Tensor, mbstd_group_size: int | None = None) -> Tensor:
+        """Minibatch std and the 4x4 epilogue: trunk features (B, G, C4, 4, 4) -> (B, G, 1)."""
+        cfg = self.config
         x = minibatch_stddev(x, mbstd_group_size or cfg.mbstd_group_size, cfg.mbstd_channels)
-        x = self.conv(x)
-        x = self.out(self.fc(x.flatten(2)))
-        return x if self.grouped else x[:, 0]
+        return self.out(self.fc(self.conv(x).flatten(2)))
 
 
 def count_parameters(module: nn.Module) -> int:

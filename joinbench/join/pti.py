@@ -20,15 +20,26 @@ generator on its component's distribution around the pivot, so tuning fits the i
 without turning the shading generator into a generator of "whatever explains the image".
 
 **Per-image weights.** Every image gets its own copy of each generator's tuned
-parameters, stacked along a leading image dimension and evaluated with
-:func:`torch.func.functional_call` under :func:`torch.func.vmap` (``batching="vmap"``), so
-one GPU call tunes many images at once; ``batching="loop"`` evaluates the same copies one
-image at a time (identical results up to rounding; tested). The loss is a sum of per-image
-terms, Adam is element-wise, the random latents of a step are shared by all images, and
-the discriminator's minibatch-std layer sees one image's samples only, so an image follows
-the same trajectory alone or in a batch. The copies (and Adam's state) exist only inside
-:meth:`PivotalTuner.tune`: they are freed when it returns unless ``save_tuned`` asks for
-them. The bank's own generators are never modified.
+parameters. The bank runs as one fused network (:mod:`joinbench.gan.fused`), and the copies
+fold images into its group dimension: for B images and N generators the fused network
+runs as a group of B * N members, one grouped kernel per layer for every image and
+generator, called with :func:`torch.func.functional_call` (``batching="vmap"``, the name
+kept from the torch.func.vmap implementation it replaces: one batched call); ``batching="loop"``
+evaluates the same copies one image at a time (identical results up to rounding; tested).
+The loss is a sum of per-image terms, Adam is element-wise, the random latents of a step are
+shared by all images, and the discriminator's minibatch-std groups hold one image's samples
+only, so an image follows the same trajectory alone or in a batch. The copies (and Adam's
+state) exist only inside :meth:`PivotalTuner.tune`: they are freed when it returns unless
+``save_tuned`` asks for them. The bank's own generators are never modified.
+
+**The engine** is stage 1's (:mod:`joinbench.join.engine`): every image's copies of every
+generator are one tensor (B, N, P), so the gradient is one tensor, the finiteness check
+one reduction, Adam torch's fused Adam on one tensor, and freezing an image one masked copy
+(per-parameter checks over 198 tensors cost ~1,650 launches per step before). The random
+latents of every step are drawn before the loop (the same CPU generator and order) and,
+when the mapping is not tuned, mapped in one call; a step indexes them with a step counter
+on the device. So a step has no host synchronisation and, on CUDA, is captured once as a
+CUDA graph (one graph for steps with the discriminator term, one without) and replayed.
 
 Choices where the sources are silent or differ (see ``reference/join-method.md`` section 5):
 
@@ -63,7 +74,9 @@ Choices where the sources are silent or differ (see ``reference/join-method.md``
 * An image whose loss or gradient turns non-finite is frozen at its last finite weights
   and reported in ``errors``; an image that reaches ``early_stop_lpips`` is frozen there
   (the threshold is checked before each update, as in PTI). Frozen images' weights are
-  restored after every later Adam step.
+  restored after every later Adam step. The loop ends once every image is frozen, which it
+  checks at log intervals (reading the device there only): up to ``log_every - 1`` steps
+  may run with nothing left to change.
 """
 from __future__ import annotations
 
@@ -74,13 +87,15 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from ..env import synchronize
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS, ForwardModel
+from ..gan.model import mbstd_group
+from ..progress import ProgressCallback
+from .engine import ImageVariables, lr_schedule, run_steps, step_graph
 from .losses import PERCEPTUAL_LOSSES, PerceptualLoss, pixel_mse
-from .stage1 import lr_ramp
 
 LAYER_PRESETS: dict[str, Callable[[str], bool]] = {
     "all": lambda name: True,
@@ -117,7 +132,7 @@ class PTIConfig:
     mix_psi: float = 0.7  # truncation of w_rand
     early_stop_lpips: float | None = None  # stop an image once its LPIPS-VGG is at most this (PTI: 0.06)
     layers: str = "synthesis"  # all | synthesis | affine | torgb | convs | comma list of name prefixes
-    batching: str = "vmap"  # vmap (one batched call) | loop (one image at a time)
+    batching: str = "vmap"  # vmap (one batched call for all images) | loop (one image at a time)
     seed: int = 0  # random latents of the discriminator term
     log_every: int = 10  # loss-curve sampling (steps)
 
@@ -179,7 +194,7 @@ class PTIResult:
     stop_steps: list[int]  # per image: the step it stopped at (= steps when it ran to the end)
     errors: list[str | None]
     seconds: float
-    steps: int  # steps the loop ran (the maximum over images)
+    steps: int  # steps the loop ran
     setup_seconds: float
     tuned_names: dict[str, list[str]]  # generator key -> tuned parameter names
     tuned: dict[str, dict[str, Tensor]] | None = None  # key -> name -> (B, ...) when save_tuned
@@ -206,14 +221,20 @@ class PivotalTuner:
 
     ``bank`` maps generator keys to priors (``bank[key].G`` / ``.D`` / ``.channels`` /
     ``.to_encoded``); the tuned keys are ``joint`` when the bank holds the joint prior,
-    else the forward model's components. ``setup`` moves the discriminators to the
-    generators' device and dtype (in place; they stay frozen)."""
+    else the forward model's components. ``setup`` fuses the generators and the
+    discriminators (:attr:`G`, :attr:`D`, members in :attr:`keys` order) in the generators'
+    device and dtype; :attr:`D` may be replaced before (any module with a fused
+    discriminator's ``features(images (n, N, C, R, R))`` and ``logits(features,
+    mbstd_group_size) -> (n, N, 1)``). ``cuda_graphs``: on CUDA, capture the step once and
+    replay it."""
 
-    def __init__(self, bank, forward_model: ForwardModel, config: PTIConfig, device: torch.device | str = "cpu"):
+    def __init__(self, bank, forward_model: ForwardModel, config: PTIConfig, device: torch.device | str = "cpu",
+                 cuda_graphs: bool = True):
         config.validate()
         self.cfg = config
         self.fm = forward_model
         self.device = torch.device(device)
+        self.cuda_graphs = cuda_graphs
         keys = list(bank.keys()) if hasattr(bank, "keys") else list(bank)
         if "joint" in keys:
             self.keys = ["joint"]
@@ -228,7 +249,11 @@ class PivotalTuner:
         if not set(forward_model.components) <= set(covered):
             raise JoinbenchError(f"The bank's generators give {', '.join(covered)}; forward model "
                                  f"{forward_model.name!r} needs {', '.join(forward_model.components)}.")
-        self.names = {k: select_parameters(self.priors[k].G, config.layers) for k in self.keys}
+        tuned = select_parameters(self.priors[self.keys[0]].G, config.layers)  # one config: the same names for all
+        self.mbstd_group_size = self.priors[self.keys[0]].d_config.mbstd_group_size
+        self.names = {k: tuned for k in self.keys}
+        self.G: nn.Module | None = None
+        self.D: nn.Module | None = None
         self.perceptual: PerceptualLoss | None = None
         self.setup_seconds = 0.0
         self._ready = False
@@ -236,223 +261,243 @@ class PivotalTuner:
     def setup(self) -> "PivotalTuner":
         if self._ready:
             return self
+        from ..gan.bank import fuse_priors
+
         t0 = time.perf_counter()
-        for k in self.keys:
-            p = self.priors[k]
-            ref = next(p.G.parameters())
-            p.D.to(ref.device, ref.dtype).eval().requires_grad_(False)
-        dtype = next(self.priors[self.keys[0]].G.parameters()).dtype
-        self.perceptual = PerceptualLoss(self.cfg.perceptual, self.device, dtype)
+        self.G = fuse_priors(self.priors)  # in the generators' device and dtype (stage 1 may have moved them)
+        ref = next(self.G.parameters())
+        if self.D is None:
+            self.D = fuse_priors(self.priors, "D")
+        self.D.to(ref.device, ref.dtype).eval().requires_grad_(False)
+        self.perceptual = PerceptualLoss(self.cfg.perceptual, self.device, ref.dtype)
         synchronize(self.device)
         self.setup_seconds = time.perf_counter() - t0
         self._ready = True
         return self
 
-    # -- per-image weight copies ---------------------------------------------------------
-    def _make_copies(self, batch: int) -> dict[str, dict[str, Tensor]]:
-        """``{key: {name: (B, *shape)}}``: one trainable copy of each tuned parameter per image."""
-        out = {}
-        for k in self.keys:
-            params = dict(self.priors[k].G.named_parameters())
-            out[k] = {n: params[n].detach()[None].expand(batch, *params[n].shape).clone().requires_grad_(True)
-                      for n in self.names[k]}
-        return out
+    # -- per-image generators ------------------------------------------------------------
+    def _synthesise(self, params: Mapping[str, Tensor], ws: Tensor, noise: Sequence[Tensor] | None) -> Tensor:
+        """Synthesis of the bank folded over images: ``params`` with a leading group dim of
+        B * N (image-major), ws (S, B * N, ...), noise per layer (1, B * N, 1, r, r) or None
+        (the generators' constant buffers) -> (S, B * N, C, R, R)."""
+        syn = {n[len("synthesis."):]: v for n, v in params.items() if n.startswith("synthesis.")}
+        return functional_call(self.G.synthesis, syn, (ws,), {"noise": noise, "noise_mode": "const"})
 
-    def _synthesise(self, key: str, copies: Mapping[str, Tensor], ws: Tensor, z: Tensor | None,
-                    noise: Sequence[Tensor] | None) -> Tensor:
-        """Image-batched synthesis with per-image weights.
+    def _disc_term(self, images: Tensor, weights: Tensor) -> Tensor:
+        """Per image (B,): sum_c d_c [softplus(-D_c(pivot)) + mean_j softplus(-D_c(neighbour_j))];
+        images (S, B, N, C, R, R), S = 1 + neighbours. One pass through the discriminators'
+        trunk for every sample; their minibatch-std groups never mix images: the pivot alone
+        (a group of 1), the neighbours stacked sample-major (groups of each image's own samples)."""
+        s, b = images.shape[:2]
+        x = self.D.features(images.flatten(0, 1))  # (S * B, N, ...)
+        term = F.softplus(-self.D.logits(x[:b], 1))[..., 0]  # (B, N)
+        if s > 1:
+            logits = self.D.logits(x[b:], mbstd_group(s - 1, self.mbstd_group_size))  # ((S - 1) * B, N, 1)
+            term = term + F.softplus(-logits).view(s - 1, b, -1).mean(0)
+        return (term * weights).sum(1)
 
-        ws: (B, w_dim) or (B, num_ws, w_dim) pivots; z: (n, z_dim) random latents shared by
-        all images, or None for the pivot alone; noise: per layer (B, 1, r, r) or None (the
-        generator's constant buffers). Returns (B, 1 + n, C, R, R): the pivot, then its n
-        neighbours ``(1 - mix) w + mix mapping(z)``."""
-        G = self.priors[key].G
-        cfg = self.cfg
-        syn_names = {n[len("synthesis."):]: n for n in copies if n.startswith("synthesis.")}
-        map_names = {n[len("mapping."):]: n for n in copies if n.startswith("mapping.")}
-        frozen_w_rand = None
-        if z is not None and not map_names:  # the mapping is not tuned: one w_rand for every image
-            with torch.no_grad():
-                frozen_w_rand = G.mapping(z, cfg.mix_psi)
-
-        def one(params: dict[str, Tensor], w: Tensor, nz: list[Tensor] | None) -> Tensor:
-            if z is None:
-                batch_ws = w[None]
-            else:
-                if frozen_w_rand is not None:
-                    w_rand = frozen_w_rand
-                else:
-                    w_rand = functional_call(G.mapping, {m: params[f] for m, f in map_names.items()}, (z, cfg.mix_psi))
-                if w.ndim == 2:  # W+: the random w is broadcast to every layer
-                    w_rand = w_rand[:, None, :].expand(-1, w.shape[0], -1)
-                batch_ws = torch.cat([w[None], (1.0 - cfg.mix) * w[None] + cfg.mix * w_rand.to(w.dtype)])
-            syn = {m: params[f] for m, f in syn_names.items()}
-            layer_noise = None if nz is None else [n[None] for n in nz]
-            return functional_call(G.synthesis, syn, (batch_ws,), {"noise": layer_noise, "noise_mode": "const"})
-
-        if cfg.batching == "vmap":
-            return vmap(one, in_dims=(0, 0, 0 if noise is not None else None))(dict(copies), ws, noise)
-        outs = [one({n: v[i] for n, v in copies.items()}, ws[i], None if noise is None else [n[i] for n in noise])
-                for i in range(ws.shape[0])]
-        return torch.stack(outs)
-
-    def _disc_term(self, key: str, images: Tensor) -> Tensor:
-        """Per image: softplus(-D(pivot)) + mean_j softplus(-D(neighbour_j)); images (B, 1 + n, C, R, R).
-        D runs per image (its minibatch-std layer must not mix images)."""
-        D = self.priors[key].D
-
-        def one(x: Tensor) -> Tensor:
-            piv = F.softplus(-D(x[:1])).reshape(())
-            if x.shape[0] == 1:
-                return piv
-            return piv + F.softplus(-D(x[1:])).mean()
-
-        if self.cfg.batching == "vmap":
-            return vmap(one)(images)
-        return torch.stack([one(x) for x in images])
-
-    def _components(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Generator outputs (B, C, R, R) per key -> encoded components per name."""
+    def _components(self, outputs: Tensor) -> dict[str, Tensor]:
+        """Generator outputs (B, N, C, R, R) -> encoded components per name."""
+        priors = list(self.priors.values())
+        x = priors[0].to_encoded(outputs)
         enc = {}
-        for k, x in outputs.items():
-            p = self.priors[k]
-            for c, e in p.split(p.to_encoded(x)).items():  # a joint prior's 9 channels -> its components
+        for n, p in enumerate(priors):
+            for c, e in p.split(x[:, n]).items():  # a joint prior's 9 channels -> its components
                 if c in self.fm.components:  # two-component model: a joint prior's specular is ignored
                     enc[c] = e
         return enc
 
     # -- the loop -----------------------------------------------------------------------
-    def tune(self, target: Tensor, pivots: Mapping[str, Tensor], noise: Mapping[str, Sequence[Tensor]] | None = None,
-             save_tuned: bool = False) -> PTIResult:
-        """Tune per-image copies of the generators on display images ``target`` (B, 3, R, R)
-        at the stage-1 ``pivots`` ({key: (B, w_dim) or (B, num_ws, w_dim)}) and ``noise``
-        ({key: per-layer (B, 1, r, r)}; None: the generators' constant buffers)."""
+    def start(self, target: Tensor, pivots: Mapping[str, Tensor],
+              noise: Mapping[str, Sequence[Tensor]] | None = None) -> "PTIRun":
+        """Stage 2 of display images ``target`` (B, 3, R, R) at its first step: per-image
+        copies of the generators at the stage-1 ``pivots`` ({key: (B, w_dim) or (B, num_ws,
+        w_dim)}) and ``noise`` ({key: per-layer (B, 1, r, r)}; None: the generators' constant
+        buffers)."""
         self.setup()
         for k in self.keys:
             if k not in pivots:
                 raise JoinbenchError(f"PTI needs a pivot latent for {k!r}; stage 1 gave {', '.join(pivots)}.")
-        dtype = next(self.priors[self.keys[0]].G.parameters()).dtype
-        target = target.detach().to(self.device, dtype)
-        b = target.shape[0]
-        piv = {k: pivots[k].detach().to(self.device, dtype) for k in self.keys}
-        nz = None
-        if noise is not None:
-            nz = {k: [n.detach().to(self.device, dtype).expand(b, -1, -1, -1) for n in noise[k]] for k in self.keys}
-        with torch.enable_grad():
-            return self._tune(target, piv, nz, save_tuned)
+        return PTIRun(self, target, pivots, noise)
 
-    def _tune(self, target: Tensor, piv: dict[str, Tensor], nz: dict[str, list[Tensor]] | None,
-              save_tuned: bool) -> PTIResult:
-        cfg = self.cfg
-        b = target.shape[0]
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        copies = self._make_copies(b)
-        params = [t for k in self.keys for t in copies[k].values()]
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        weights = {k: cfg.disc_weight(k) for k in self.keys}
-        use_disc = any(w > 0 for w in weights.values())
-        frozen = torch.zeros(b, dtype=torch.bool, device=self.device)
-        stop = torch.full((b,), cfg.steps, dtype=torch.long)
-        bad_step = torch.full((b,), -1, dtype=torch.long)
-        curve: list[Tensor] = []
-        curve_steps: list[int] = []
-        last_terms = {t: torch.zeros(b, dtype=torch.float64) for t in ("perceptual", "pixel", "disc", "lpips")}
-        view = lambda p: frozen.view(-1, *([1] * (p.ndim - 1)))
-        steps_run = 0
-        for step in range(cfg.steps):
-            if frozen.all():
-                break
-            steps_run = step + 1
-            lr = cfg.lr * lr_ramp(step, cfg.steps, cfg.lr_rampup, cfg.lr_rampdown)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            disc_now = use_disc and step % cfg.disc_every == 0
-            outputs, disc = {}, target.new_zeros(b)
-            for k in self.keys:  # fixed order: the same random latents whatever the batch
-                z = None
-                if disc_now and weights[k] > 0 and cfg.disc_samples > 0:
-                    z = torch.randn(cfg.disc_samples, self.priors[k].z_dim, generator=gen).to(self.device, target.dtype)
-                x = self._synthesise(k, copies[k], piv[k], z, None if nz is None else nz[k])
-                outputs[k] = x[:, 0]
-                if disc_now and weights[k] > 0:
-                    disc = disc + self._disc_term(k, x) * (weights[k] * cfg.disc_every)
-            image = self.fm.render_encoded(self._components(outputs), clip=True)
-            lpips = self.perceptual(image, target)
-            pixel = pixel_mse(image, target)
-            loss = lpips * cfg.perceptual_weight + pixel * cfg.pixel_weight + disc
-            with torch.no_grad():  # each image's terms at the last step it was evaluated
-                for name, value in (("perceptual", lpips * cfg.perceptual_weight), ("pixel", pixel * cfg.pixel_weight),
-                                    ("disc", disc), ("lpips", lpips)):
-                    last_terms[name] = torch.where(~frozen.cpu(), value.detach().double().cpu(), last_terms[name])
-            if cfg.early_stop_lpips is not None:  # checked before the update, as in PTI
-                reached = (lpips.detach() <= cfg.early_stop_lpips) & ~frozen
-                stop = torch.where(reached.cpu(), torch.full_like(stop, step), stop)
-                frozen = frozen | reached
-            live = ~frozen
-            if frozen.all():
-                curve.append(loss.detach())
-                curve_steps.append(step)
-                break
-            ok = torch.isfinite(loss) & live
-            opt.zero_grad(set_to_none=False)
-            torch.where(ok, loss, torch.zeros_like(loss)).sum().backward()
-            bad = ~torch.isfinite(loss)
-            for p in params:
-                if p.grad is None:  # a parameter the loss does not reach (e.g. noise strength with no noise)
-                    p.grad = torch.zeros_like(p)
-                bad |= ~torch.isfinite(p.grad).reshape(b, -1).all(1)
-            newly_bad = bad & ~frozen
-            bad_step = torch.where(newly_bad.cpu(), torch.full_like(bad_step, step), bad_step)
-            stop = torch.where(newly_bad.cpu(), torch.full_like(stop, step), stop)
-            frozen = frozen | bad
-            saved = None
-            with torch.no_grad():
-                for p in params:
-                    p.grad.masked_fill_(view(p), 0.0)
-                if frozen.any():
-                    saved = [p.detach().clone() for p in params]
-            opt.step()
-            if saved is not None:
-                with torch.no_grad():
-                    for p, s in zip(params, saved):
-                        p.copy_(torch.where(view(p), s, p))
-            if step % max(1, cfg.log_every) == 0 or step == cfg.steps - 1:
-                curve.append(loss.detach())
-                curve_steps.append(step)
-            del loss, disc, image, outputs, lpips, pixel
-        with torch.no_grad():
-            outputs = {k: self._synthesise(k, copies[k], piv[k], None, None if nz is None else nz[k])[:, 0]
-                       for k in self.keys}
-            enc = self._components(outputs)
-            linear = {c: self.fm.decode(c, enc[c], clip=True) for c in enc}
-            rerender = self.fm.render_encoded(enc, clip=True)
-        tuned = {k: {n: t.detach().clone() for n, t in copies[k].items()} for k in self.keys} if save_tuned else None
-        del opt, params, copies
-        synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        per_image = torch.stack(curve, dim=1).double().cpu() if curve else torch.zeros(b, 0, dtype=torch.float64)
-        rows = []
-        for i in range(b):
-            keep = [j for j, s in enumerate(curve_steps) if s <= int(stop[i])]
-            rows.append(per_image[i, keep].tolist())
-        errors = [None if s < 0 else f"PTI: non-finite loss or gradient at step {s}; this image's generator "
-                  f"weights were kept from the step before" for s in bad_step.tolist()]
-        return PTIResult(
-            encoded=enc, linear=linear, rerender=rerender, loss_curve=rows, loss_steps=curve_steps,
-            final_terms={k: v.tolist() for k, v in last_terms.items()}, stop_steps=stop.tolist(), errors=errors,
-            seconds=seconds, steps=steps_run, setup_seconds=self.setup_seconds,
-            tuned_names={k: list(v) for k, v in self.names.items()}, tuned=tuned,
-            pivots={k: v.detach() for k, v in piv.items()},
-        )
+    def tune(self, target: Tensor, pivots: Mapping[str, Tensor], noise: Mapping[str, Sequence[Tensor]] | None = None,
+             save_tuned: bool = False, progress: ProgressCallback | None = None) -> PTIResult:
+        """Tune per-image copies of the generators on ``target`` (see :meth:`start`);
+        ``progress`` receives a "pti" event after every step."""
+        with torch.enable_grad():
+            return self.start(target, pivots, noise).run(save_tuned, progress)
 
     def describe(self) -> dict[str, Any]:
+        G = self.priors[self.keys[0]].G
         return {"generators": self.keys, "layers": self.cfg.layers,
-                "tuned_parameters": {k: sum(self.priors[k].G.get_parameter(n).numel() for n in v)
-                                     for k, v in self.names.items()},
+                "tuned_parameters": {k: sum(G.get_parameter(n).numel() for n in v) for k, v in self.names.items()},
                 "disc_weights": {k: self.cfg.disc_weight(k) for k in self.keys}}
 
 
-__all__ = ["BATCHING", "LAYER_PRESETS", "PTIConfig", "PTIResult", "PivotalTuner", "select_parameters",
+class PTIRun:
+    """One batch being tuned: every image's copies of every generator's tuned parameters in
+    one tensor (B, N, P) (:attr:`vars`), the pivots, noise and random latents, and the step."""
+
+    def __init__(self, tuner: PivotalTuner, target: Tensor, pivots: Mapping[str, Tensor],
+                 noise: Mapping[str, Sequence[Tensor]] | None):
+        cfg, G = tuner.cfg, tuner.G
+        ref = next(G.parameters())
+        synchronize(tuner.device)
+        self.t0 = time.perf_counter()
+        self.tuner, self.cfg = tuner, cfg
+        self.target = target.detach().to(tuner.device, ref.dtype)
+        self.batch = b = self.target.shape[0]
+        self.members = n = len(tuner.keys)
+        self.pivots = torch.stack([pivots[k].detach().to(tuner.device, ref.dtype) for k in tuner.keys], dim=1)
+        self.noise = None  # per layer (1, B * N, 1, r, r)
+        if noise is not None:
+            self.noise = [torch.stack([noise[k][j].detach().to(tuner.device, ref.dtype).expand(b, -1, -1, -1)
+                                       for k in tuner.keys], dim=1).view(1, b * n, *noise[tuner.keys[0]][j].shape[1:])
+                          for j in range(len(noise[tuner.keys[0]]))]
+        self.features = tuner.perceptual.features(self.target)
+        # the tuned parameters' layout in each (image, generator) row, and everything else folded to B * N members
+        params = dict(G.named_parameters())
+        self.names = tuner.names[tuner.keys[0]]
+        self.shapes = [params[k].shape[1:] for k in self.names]
+        fold = lambda t: t[None].expand(b, *t.shape).reshape(b * n, *t.shape[1:])
+        self.fixed = {k: fold(v.detach()) for k, v in [*G.named_parameters(), *G.named_buffers()] if k not in self.names}
+        values = torch.cat([params[k].detach()[None].expand(b, *params[k].shape).reshape(b, n, -1) for k in self.names],
+                           dim=2)
+        # the discriminator term: weights, and every step's random latents drawn now (same generator and order)
+        self.weights = torch.tensor([cfg.disc_weight(k) * cfg.disc_every for k in tuner.keys],
+                                    dtype=ref.dtype, device=tuner.device)
+        self.use_disc = any(cfg.disc_weight(k) > 0 for k in tuner.keys)
+        self.mapping_tuned = any(k.startswith("mapping.") for k in self.names)
+        self.w_rand = self._random_latents() if self.use_disc and cfg.disc_samples > 0 else None
+        self.last_terms = {t: self.target.new_zeros(b) for t in ("perceptual", "pixel", "disc", "lpips")}
+        self.stop = torch.full((b,), cfg.steps, dtype=torch.long, device=tuner.device)
+        schedule = lr_schedule(cfg.lr, cfg.steps, cfg.lr_rampup, cfg.lr_rampdown)
+        self.vars = ImageVariables(values, schedule, tuple(cfg.betas))
+        state = [self.stop, *self.last_terms.values()]
+        self.graphs = {disc: step_graph(lambda d=disc: self._step(d), self.vars, tuner.cuda_graphs, state)
+                       for disc in (False, True)}
+
+    def _random_latents(self) -> Tensor:
+        """Every step's random latents of the discriminator term: (steps, n, N, z_dim) z drawn
+        from a CPU generator seeded ``seed`` (per step of the term, per generator with a
+        weight, in order, as the loop used to draw them), mapped at ``mix_psi`` unless the
+        mapping is tuned (then per image and step): (steps, n, N, w_dim)."""
+        cfg, tuner = self.cfg, self.tuner
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        z_dim = tuner.G.z_dim
+        z = torch.zeros(cfg.steps, cfg.disc_samples, self.members, z_dim)
+        for step in range(0, cfg.steps, cfg.disc_every):
+            for i, k in enumerate(tuner.keys):
+                if cfg.disc_weight(k) > 0:
+                    z[step, :, i] = torch.randn(cfg.disc_samples, z_dim, generator=gen)
+        z = z.to(tuner.device, self.target.dtype)
+        if self.mapping_tuned:
+            return z
+        with torch.no_grad():
+            return tuner.G.mapping(z.flatten(0, 1), cfg.mix_psi).view(cfg.steps, cfg.disc_samples, self.members, -1)
+
+    # -- one step ----------------------------------------------------------------------------
+    def unpack(self, values: Tensor) -> dict[str, Tensor]:
+        """(b, N, P) per-image copies -> {name: (b * N, *shape)} views (image-major members)."""
+        rows = values.reshape(-1, values.shape[-1])
+        parts = rows.split([s.numel() for s in self.shapes], dim=1)
+        return {k: p if len(s) == 1 else p.view(-1, *s) for k, p, s in zip(self.names, parts, self.shapes)}
+
+    def outputs(self, values: Tensor, pivots: Tensor, noise: list[Tensor] | None, w_rand: Tensor | None) -> Tensor:
+        """Images of b images' tuned generators (S, b, N, C, R, R): the pivot, then its neighbours
+        ``(1 - mix) w + mix w_rand`` for ``w_rand`` (n, N, w_dim) (or z (n, N, z_dim) when the
+        mapping is tuned)."""
+        b, n = values.shape[:2]
+        params = {**{k: v[:b * n] for k, v in self.fixed.items()}, **self.unpack(values)}
+        ws = pivots[None]  # (1, b, N, ...)
+        if w_rand is not None:
+            if self.mapping_tuned:
+                z = w_rand[:, None].expand(-1, b, -1, -1).reshape(w_rand.shape[0], b * n, -1)
+                maps = {k[len("mapping."):]: v for k, v in params.items() if k.startswith("mapping.")}
+                w_rand = functional_call(self.tuner.G.mapping, maps, (z, self.cfg.mix_psi)).view(-1, b, n, pivots.shape[-1])
+            else:
+                w_rand = w_rand[:, None]  # shared by the images
+            if pivots.ndim == 4:  # W+: the random w is broadcast to every layer
+                w_rand = w_rand[:, :, :, None, :]
+            ws = torch.cat([ws, (1.0 - self.cfg.mix) * ws + self.cfg.mix * w_rand.to(pivots.dtype)])
+        ws = ws.expand(-1, b, *ws.shape[2:]).flatten(1, 2)
+        x = self.tuner._synthesise(params, ws, noise)
+        return x.view(x.shape[0], b, n, *x.shape[2:])
+
+    def objective(self, values: Tensor, target: Tensor, features: list[Tensor], pivots: Tensor,
+                  noise: list[Tensor] | None, disc: bool, w_rand: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-image loss (b,) and terms for b images, with the discriminator term or not (no
+        host synchronisation)."""
+        cfg, tuner = self.cfg, self.tuner
+        x = self.outputs(values, pivots, noise, w_rand)
+        disc = tuner._disc_term(x, self.weights) if disc else target.new_zeros(target.shape[0])
+        image = tuner.fm.render_encoded(tuner._components(x[0]), clip=True)
+        lpips = tuner.perceptual(image, features)
+        pixel = pixel_mse(image, target)
+        terms = {"perceptual": lpips * cfg.perceptual_weight, "pixel": pixel * cfg.pixel_weight, "disc": disc,
+                 "lpips": lpips}
+        return terms["perceptual"] + terms["pixel"] + disc, terms
+
+    def _step(self, disc: bool) -> None:
+        cfg, v = self.cfg, self.vars
+        w_rand = None
+        if disc and self.w_rand is not None:
+            w_rand = self.w_rand.index_select(0, v.step_t)[0]
+        with torch.enable_grad():
+            if cfg.batching == "loop":
+                noise = lambda i: None if self.noise is None else [x[:, i * self.members:(i + 1) * self.members]
+                                                                   for x in self.noise]
+                parts = [self.objective(v.values[i:i + 1], self.target[i:i + 1], [f[i:i + 1] for f in self.features],
+                                        self.pivots[i:i + 1], noise(i), disc, w_rand) for i in range(self.batch)]
+                loss = torch.cat([p[0] for p in parts])
+                terms = {t: torch.cat([p[1][t] for p in parts]) for t in parts[0][1]}
+            else:
+                loss, terms = self.objective(v.values, self.target, self.features, self.pivots, self.noise, disc,
+                                             w_rand)
+            with torch.no_grad():  # each image's terms at the last step it was evaluated
+                for name, value in terms.items():
+                    self.last_terms[name].copy_(torch.where(v.frozen, self.last_terms[name], value.detach()))
+                if cfg.early_stop_lpips is not None:  # checked before the update, as in PTI
+                    reached = (terms["lpips"].detach() <= cfg.early_stop_lpips) & ~v.frozen
+                    self.stop.copy_(torch.where(reached, v.step_t, self.stop))
+                    v.freeze(reached)
+            newly = v.update(loss)
+            self.stop.copy_(torch.where(newly, v.bad_step, self.stop))
+
+    def step(self, index: int) -> None:
+        """Step ``index`` (replayed from a CUDA graph where enabled)."""
+        disc = self.use_disc and index % self.cfg.disc_every == 0
+        self.graphs[disc]()
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, save_tuned: bool = False, progress: ProgressCallback | None = None) -> PTIResult:
+        cfg, tuner, b = self.cfg, self.tuner, self.batch
+        curve, curve_steps, steps = run_steps(self.step, cfg.steps, cfg.log_every, self.vars, progress, "pti", b,
+                                              stop_when_frozen=True)
+        with torch.no_grad():
+            enc = tuner._components(self.outputs(self.vars.values.detach(), self.pivots, self.noise, None)[0])
+            linear = {c: tuner.fm.decode(c, enc[c], clip=True) for c in enc}
+            rerender = tuner.fm.render_encoded(enc, clip=True)
+        tuned = None
+        if save_tuned:
+            parts = self.vars.values.detach().split([s.numel() for s in self.shapes], dim=2)
+            tuned = {k: {name: p[:, i].reshape(b, *s).clone() for name, p, s in zip(self.names, parts, self.shapes)}
+                     for i, k in enumerate(tuner.keys)}
+        synchronize(tuner.device)
+        seconds = time.perf_counter() - self.t0
+        stop = self.stop.tolist()
+        per_image = torch.stack(curve, dim=1).double().cpu()
+        rows = [per_image[i, [j for j, s in enumerate(curve_steps) if s <= stop[i]]].tolist() for i in range(b)]
+        errors = [None if s < 0 else f"PTI: non-finite loss or gradient at step {s}; this image's generator "
+                  f"weights were kept from the step before" for s in self.vars.bad_step.tolist()]
+        return PTIResult(
+            encoded=enc, linear=linear, rerender=rerender, loss_curve=rows, loss_steps=curve_steps,
+            final_terms={k: v.double().cpu().tolist() for k, v in self.last_terms.items()}, stop_steps=stop,
+            errors=errors, seconds=seconds, steps=steps, setup_seconds=tuner.setup_seconds,
+            tuned_names={k: list(v) for k, v in tuner.names.items()}, tuned=tuned,
+            pivots={k: self.pivots[:, i] for i, k in enumerate(tuner.keys)},
+        )
+
+
+__all__ = ["BATCHING", "LAYER_PRESETS", "PTIConfig", "PTIResult", "PTIRun", "PivotalTuner", "select_parameters",
            "tuned_generator"]

@@ -21,9 +21,26 @@ variables restored after every later step) and reported in ``errors``; the other
 "The same trajectory" holds up to floating-point rounding: kernels may round differently
 for different batch sizes, and the non-convex optimisation amplifies such differences (on
 tiny random priors, float32 latents of an image alone vs in a batch differ by ~5e-6 after
-12 steps and ~1e-2 after 100). With ``dtype="float64"`` the loop itself agrees to ~1e-15;
-the remaining ~1e-7 comes from the generator's demodulation, which
-:class:`joinbench.gan.model.ModulatedConv2d` always computes in float32.
+12 steps and ~1e-2 after 100). With ``dtype="float64"`` they agree to ~1e-15 (tested to 1e-9).
+
+**The engine** (graph-ready steps, few launches; at 64 px a GPU is bound by kernel launches,
+not arithmetic):
+
+* The component generators run as one fused bank (:class:`joinbench.gan.fused.FusedGenerator`):
+  one grouped kernel per layer for all components.
+* Every image's variables -- its latent and noise maps for each generator -- live in ONE
+  tensor (B, N, P) (N generators, P numbers each); latents and noise maps are views of it.
+  The gradient arrives as one tensor, the finiteness check is one reduction over it, Adam is
+  torch's fused Adam on one tensor, and freezing an image is one masked copy.
+* The noise regulariser and the noise re-normalisation run per pyramid level over all maps
+  of all generators at once; the kNN search runs for all generators in one batched matmul per
+  bank chunk; the target's LPIPS features are computed once.
+* No host synchronisation inside a step: the learning-rate schedule is a tensor indexed by a
+  step counter on the device, freezing and the first bad step are tensor masks, and losses
+  are read back only at log intervals (the loss curve, the progress callback's loss). So on
+  CUDA the whole step is captured once as a CUDA graph and replayed (``cuda_graphs``, on by
+  default; the CPU runs the same step eagerly). :meth:`JointInverter.start` returns the
+  inversion state; its :meth:`Stage1Run.step` is one step, callable on its own (profiling).
 
 Optimisation (the StyleGAN2 projector's loop): Adam (betas 0.9, 0.999), lr 0.1, 1000
 steps; lr multiplier ``0.5 - 0.5 cos(pi min(1, (1 - t) / 0.25))`` times ``min(1, t / 0.05)``
@@ -70,7 +87,6 @@ generated but ignored (the joint generator cannot be asked for fewer). ``init`` 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -81,6 +97,10 @@ from torch import Tensor
 from ..env import synchronize
 from ..errors import JoinbenchError
 from ..forward import COMPONENTS, ForwardModel
+from ..gan.fused import FusedGenerator
+from ..method import added_setting
+from ..progress import ProgressCallback
+from .engine import ImageVariables, lr_ramp, lr_schedule, run_steps, step_graph
 from .losses import PERCEPTUAL_LOSSES, PerceptualLoss, noise_regularisation, normalise_noise_, pixel_mse
 from .regularisers import (REGULARISERS, InDomainRegulariser, KnnHingeRegulariser, KnnRegulariser,
                            LatentRegulariser, NoRegulariser, derive_hinge_radius)
@@ -123,14 +143,9 @@ class Stage1Config:
     dtype: str = "float32"  # float32 | float64 (tests)
     # one jointly trained 9-channel prior (bank from load_bank(..., joint=True)) instead of one per component
     joint_prior: bool = False
-
-
-def lr_ramp(step: int, steps: int, rampup: float = 0.05, rampdown: float = 0.25) -> float:
-    """The StyleGAN2 projector's learning-rate multiplier at ``step`` of ``steps``."""
-    t = step / max(1, steps)
-    r = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
-    r = 0.5 - 0.5 * math.cos(math.pi * r)
-    return r * (min(1.0, t / rampup) if rampup > 0 else 1.0)
+    # on CUDA, capture a step once and replay it (stage 1 and PTI); ignored elsewhere. Added after
+    # the reference runs: at its default it stays out of their reuse keys (joinbench.method.added_setting)
+    cuda_graphs: bool = added_setting(True)
 
 
 @dataclass
@@ -154,7 +169,9 @@ class Stage1Result:
 class JointInverter:
     """Stage 1 for one GAN bank and forward model; reuse it across batches (the bank
     statistics -- mean latents, kNN banks, hinge radii -- are computed once). ``setup``
-    moves the bank's generators to the inversion device and dtype (in place).
+    moves the bank's generators to the inversion device and dtype (in place) and fuses them
+    into one :class:`~joinbench.gan.fused.FusedGenerator` (:attr:`G`, members in
+    :attr:`priors` order).
 
     ``components`` are the forward model's components (what is produced and rendered);
     ``priors`` the generators whose latents are optimised, keyed by prior name: the
@@ -183,7 +200,9 @@ class JointInverter:
             raise JoinbenchError(f"lr must be positive, got {config.lr}.")
         self.dtype = DTYPES[config.dtype]
         self.means: dict[str, Tensor] = {}
-        self.regularisers: dict[str, LatentRegulariser] = {}
+        self.regularisers: dict[str, LatentRegulariser] = {}  # per prior (views of the stacked one)
+        self.regulariser: LatentRegulariser = NoRegulariser()  # every prior's, at once
+        self.G: FusedGenerator | None = None
         self.perceptual: PerceptualLoss | None = None
         self.setup_seconds = 0.0
         self._ready = False
@@ -211,31 +230,37 @@ class JointInverter:
     def setup(self) -> "JointInverter":
         if self._ready:
             return self
+        from ..gan.bank import fuse_priors
+
         t0 = time.perf_counter()
         cfg = self.cfg
         for c, p in self.priors.items():
             self.means[c] = p.mean_latent(cfg.mean_samples, cfg.bank_seed, cfg.mean_psi).to(self.device, self.dtype)
-            self.regularisers[c] = self._build_regulariser(c, p)
+        self.regulariser = self._build_regulariser()
+        self.regularisers = {c: self.regulariser.member(i) for i, c in enumerate(self.priors)}
+        for p in self.priors.values():
             p.G.to(self.device, self.dtype)  # after the statistics, which map float32 z
+        self.G = fuse_priors(self.priors)
         self.perceptual = PerceptualLoss(cfg.perceptual, self.device, self.dtype)
         synchronize(self.device)
         self.setup_seconds = time.perf_counter() - t0
         self._ready = True
         return self
 
-    def _build_regulariser(self, component: str, prior) -> LatentRegulariser:
+    def _build_regulariser(self) -> LatentRegulariser:
+        """One regulariser for every prior at once (their statistics stacked)."""
         cfg = self.cfg
         if cfg.regulariser == "none":
             return NoRegulariser()
         if cfg.regulariser == "in-domain":
-            return InDomainRegulariser(self.means[component], cfg.in_domain_weight)
-        bank = prior.latent_bank(cfg.bank_size, cfg.bank_psi, cfg.bank_seed).to(self.device, self.dtype)
+            return InDomainRegulariser(torch.cat(list(self.means.values())), cfg.in_domain_weight, grouped=True)
+        bank = torch.stack([p.latent_bank(cfg.bank_size, cfg.bank_psi, cfg.bank_seed).to(self.device, self.dtype)
+                            for p in self.priors.values()])
         if cfg.regulariser == "knn":
-            return KnnRegulariser(bank, cfg.knn_k, cfg.knn_weight, cfg.knn_chunk)
-        radius = cfg.hinge_radius
-        if radius <= 0:
-            radius = derive_hinge_radius(bank, cfg.hinge_k, cfg.hinge_percentile, cfg.radius_samples, cfg.knn_chunk)
-        return KnnHingeRegulariser(bank, cfg.hinge_k, cfg.hinge_weight, radius, cfg.knn_chunk)
+            return KnnRegulariser(bank, cfg.knn_k, cfg.knn_weight, cfg.knn_chunk, grouped=True)
+        radii = [cfg.hinge_radius if cfg.hinge_radius > 0 else
+                 derive_hinge_radius(b, cfg.hinge_k, cfg.hinge_percentile, cfg.radius_samples, cfg.knn_chunk) for b in bank]
+        return KnnHingeRegulariser(bank, cfg.hinge_k, cfg.hinge_weight, radii, cfg.knn_chunk, grouped=True)
 
     # -- variables -----------------------------------------------------------------------
     def _initial_latent(self, c: str, batch: int, init: Mapping[str, Tensor] | None) -> Tensor:
@@ -258,113 +283,54 @@ class JointInverter:
                                  f"(B, {p.num_ws}, {p.w_dim}).")
         if w.shape[0] != batch:
             raise JoinbenchError(f"init_latents for {c} holds {w.shape[0]} latents for a batch of {batch}.")
-        return w.detach().clone().requires_grad_(True)
+        return w.detach()
 
     def _initial_noise(self, batch: int) -> dict[str, list[Tensor]]:
+        """Per prior, per layer (batch, 1, r, r): one N(0, 1) draw per map from a CPU generator
+        seeded ``seed``, the same for every image."""
         gen = torch.Generator().manual_seed(int(self.cfg.seed))
         out = {}
         for c in (*COMPONENTS, "joint"):  # fixed order: a two-component bank gets the same albedo/shading noise
             if c not in self.priors:
                 continue
             maps = [torch.randn(s[2], s[3], generator=gen) for s in self.priors[c].noise_shapes()]
-            out[c] = [m.to(self.device, self.dtype)[None, None].expand(batch, 1, -1, -1).clone()
-                      .requires_grad_(self.cfg.optimise_noise) for m in maps]
+            out[c] = [m.to(self.device, self.dtype)[None, None].expand(batch, 1, -1, -1) for m in maps]
         return out
 
-    def _render(self, ws: dict[str, Tensor], noise: dict[str, list[Tensor]]) -> tuple[dict[str, Tensor], Tensor]:
+    def _render(self, ws: Tensor, noise: list[Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Fused synthesis of every prior: ws (B, N, ...), noise per layer (B, N, 1, r, r) ->
+        (encoded components, the re-rendered display image)."""
+        priors = list(self.priors.values())
+        out = priors[0].to_encoded(self.G.synthesis(ws, noise=noise, noise_mode="const"))
         enc = {}
-        for name, p in self.priors.items():
-            out = p.to_encoded(p.synthesis(ws[name], noise=noise[name], noise_mode="const"))
-            for c, e in p.split(out).items():  # a joint prior's 9 channels -> its components
+        for n, p in enumerate(priors):
+            for c, e in p.split(out[:, n]).items():  # a joint prior's 9 channels -> its components
                 if c in self.components:  # two-component model: a joint prior's specular is ignored
                     enc[c] = e
         return enc, self.fm.render_encoded(enc, clip=True)
 
     # -- the loop -----------------------------------------------------------------------
-    def invert(self, target: Tensor, init: Mapping[str, Tensor] | None = None) -> Stage1Result:
-        """Invert display images ``target`` (B, 3, R, R) in [0, 1] (R = the priors' resolution)."""
+    def start(self, target: Tensor, init: Mapping[str, Tensor] | None = None) -> "Stage1Run":
+        """The inversion of display images ``target`` (B, 3, R, R) in [0, 1] (R = the priors'
+        resolution) at its first step; ``init`` optionally gives initial latents per prior."""
         self.setup()
         if target.ndim != 4 or target.shape[1] != 3 or tuple(target.shape[-2:]) != (self.resolution, self.resolution):
             raise JoinbenchError(f"Stage 1 expects (B, 3, {self.resolution}, {self.resolution}) images, got {tuple(target.shape)}.")
-        target = target.detach().to(self.device, self.dtype).clone()
-        b = target.shape[0]
-        with torch.enable_grad():
-            return self._invert(target, b, init)
-
-    def _invert(self, target: Tensor, b: int, init) -> Stage1Result:
-        cfg = self.cfg
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        names = list(self.priors)
         if init is not None:  # a latent meant for the other kind of bank would silently be dropped
             other = [k for k, v in init.items() if v is not None and k not in self.priors
                      and (k == "joint" or self.joint)]
             if other:
                 raise JoinbenchError(f"init_latents holds {', '.join(other)} but stage 1 inverts the prior(s) "
-                                     f"{', '.join(names)} (joint_prior={self.joint}); give initial latents for those.")
-        ws = {c: self._initial_latent(c, b, init) for c in names}
-        noise = self._initial_noise(b)
-        noise_vars = [n for c in names for n in noise[c]] if cfg.optimise_noise else []
-        params = [ws[c] for c in names] + noise_vars
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-        frozen = torch.zeros(b, dtype=torch.bool, device=self.device)
-        first_bad = torch.full((b,), -1, dtype=torch.long, device=self.device)
-        curve, curve_steps = [], []
-        terms: dict[str, Tensor] = {}
-        view = lambda p: frozen.view(-1, *([1] * (p.ndim - 1)))
-        for step in range(cfg.steps):
-            lr = cfg.lr * lr_ramp(step, cfg.steps, cfg.lr_rampup, cfg.lr_rampdown)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            _, image = self._render(ws, noise)
-            terms = {
-                "perceptual": self.perceptual(image, target) * cfg.perceptual_weight,
-                "pixel": pixel_mse(image, target) * cfg.pixel_weight,
-                "noise": sum(noise_regularisation(noise[c]) for c in names) * cfg.noise_weight,
-                "latent": sum(self.regularisers[c].penalty(ws[c]) * self.regularisers[c].weight
-                              for c in names),
-            }
-            loss = terms["perceptual"] + terms["pixel"] + terms["noise"] + terms["latent"]
-            ok = torch.isfinite(loss) & ~frozen
-            opt.zero_grad(set_to_none=False)
-            torch.where(ok, loss, torch.zeros_like(loss)).sum().backward()
-            bad = ~torch.isfinite(loss)
-            for p in params:
-                if p.grad is None:  # a variable the loss does not reach (e.g. a noise map with strength 0)
-                    p.grad = torch.zeros_like(p)
-                bad |= ~torch.isfinite(p.grad).flatten(1).all(1)
-            first_bad = torch.where(bad & ~frozen, torch.full_like(first_bad, step), first_bad)
-            frozen |= bad
-            saved = []
-            with torch.no_grad():
-                for p in params:
-                    p.grad.masked_fill_(view(p), 0.0)
-                    saved.append(p.detach().clone())
-            opt.step()
-            with torch.no_grad():
-                normalise_noise_(noise_vars)
-                for p, s in zip(params, saved):
-                    p.copy_(torch.where(view(p), s, p))
-            if step % max(1, cfg.log_every) == 0 or step == cfg.steps - 1:
-                curve.append(loss.detach())
-                curve_steps.append(step)
-        with torch.no_grad():
-            enc, rerender = self._render(ws, noise)
-            linear = {c: self.fm.decode(c, enc[c], clip=True) for c in self.components}
-        synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        per_image = torch.stack(curve, dim=1).double().cpu().tolist()  # (B, n_logged)
-        bad_steps = first_bad.cpu().tolist()
-        errors = [None if s < 0 else f"stage 1: non-finite loss or gradient at step {s}; this image's latents and "
-                  f"noise were frozen there" for s in bad_steps]
-        return Stage1Result(
-            latents={c: w.detach() for c, w in ws.items()},
-            noise={c: [n.detach() for n in noise[c]] for c in names},
-            encoded={c: e.detach() for c, e in enc.items()},
-            linear=linear, rerender=rerender.detach(), loss_curve=per_image, loss_steps=curve_steps,
-            final_terms={k: v.detach().double().cpu().tolist() for k, v in terms.items()},
-            errors=errors, seconds=seconds, setup_seconds=self.setup_seconds, steps=cfg.steps,
-        )
+                                     f"{', '.join(self.priors)} (joint_prior={self.joint}); give initial latents for those.")
+        return Stage1Run(self, target.detach().to(self.device, self.dtype).clone(), init)
+
+    def invert(self, target: Tensor, init: Mapping[str, Tensor] | None = None,
+               progress: ProgressCallback | None = None) -> Stage1Result:
+        """Invert display images ``target`` (B, 3, R, R) in [0, 1] (R = the priors' resolution);
+        ``progress`` receives a "stage1" event after every step."""
+        with torch.enable_grad():
+            run = self.start(target, init)
+            return run.run(progress)
 
     def describe(self) -> dict[str, Any]:
         return {"components": self.components, "priors": list(self.priors), "joint_prior": self.joint,
@@ -372,4 +338,103 @@ class JointInverter:
                 "regularisers": {c: r.describe() for c, r in self.regularisers.items()}}
 
 
-__all__ = ["DTYPES", "JointInverter", "Stage1Config", "Stage1Result", "lr_ramp"]
+class Stage1Run:
+    """One batched inversion in progress: every image's latents and noise maps for every prior
+    in one tensor (B, N, P) (:attr:`vars`), their optimiser, and the step."""
+
+    def __init__(self, inv: JointInverter, target: Tensor, init: Mapping[str, Tensor] | None):
+        cfg = inv.cfg
+        synchronize(inv.device)
+        self.t0 = time.perf_counter()
+        self.inv, self.cfg, self.target = inv, cfg, target
+        self.batch = b = target.shape[0]
+        names = list(inv.priors)
+        ws = torch.stack([inv._initial_latent(c, b, init) for c in names], dim=1)  # (B, N, [L,] w_dim)
+        self.ws_shape = ws.shape[2:]
+        noise0 = inv._initial_noise(b)
+        layers = [torch.stack([noise0[c][j] for c in names], dim=1) for j in range(len(noise0[names[0]]))]
+        # consecutive layers of one resolution form one block (B, N, k, r, r): the noise terms run per block
+        self.blocks: list[tuple[int, int]] = []  # (resolution, layers)
+        for n in layers:
+            r = n.shape[-1]
+            if self.blocks and self.blocks[-1][0] == r:
+                self.blocks[-1] = (r, self.blocks[-1][1] + 1)
+            else:
+                self.blocks.append((r, 1))
+        flat_noise = torch.cat([n.reshape(b, len(names), -1) for n in layers], dim=2)
+        flat_ws = ws.reshape(b, len(names), -1)
+        self.features = inv.perceptual.features(target)
+        if cfg.optimise_noise:
+            values, self.noise_store = torch.cat([flat_ws, flat_noise], dim=2), None
+        else:
+            values, self.noise_store = flat_ws, flat_noise
+        schedule = lr_schedule(cfg.lr, cfg.steps, cfg.lr_rampup, cfg.lr_rampdown)
+        self.vars = ImageVariables(values, schedule, tuple(cfg.betas), self._renormalise if cfg.optimise_noise else None)
+        self.terms = {t: target.new_zeros(b) for t in ("perceptual", "pixel", "noise", "latent")}  # the last step's
+        self.graph = step_graph(self._step, self.vars, cfg.cuda_graphs, list(self.terms.values()))
+
+    # -- views of the variables ------------------------------------------------------------
+    def unpack(self, values: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """(B, N, P) variables -> latents (B, N, [L,] w_dim), noise per layer (B, N, 1, r, r),
+        noise per resolution block (B, N, k, r, r); all views."""
+        b, n = values.shape[:2]
+        nw = self.ws_shape.numel()
+        ws = values[:, :, :nw].view(b, n, *self.ws_shape)
+        store = values[:, :, nw:] if self.noise_store is None else self.noise_store
+        sizes = [k * r * r for r, k in self.blocks]
+        blocks = [part.view(b, n, k, r, r) for part, (r, k) in zip(store.split(sizes, dim=2), self.blocks)]
+        layers = [blk[:, :, j:j + 1] for blk in blocks for j in range(blk.shape[2])]
+        return ws, layers, blocks
+
+    def _renormalise(self) -> None:
+        normalise_noise_(self.unpack(self.vars.values.detach())[2])
+
+    # -- one step ----------------------------------------------------------------------------
+    def objective(self, values: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-image loss (B,) and its terms at ``values`` (no host synchronisation)."""
+        cfg, inv = self.cfg, self.inv
+        ws, layers, blocks = self.unpack(values)
+        _, image = inv._render(ws, layers)
+        terms = {
+            "perceptual": inv.perceptual(image, self.features) * cfg.perceptual_weight,
+            "pixel": pixel_mse(image, self.target) * cfg.pixel_weight,
+            "noise": noise_regularisation(blocks) * cfg.noise_weight,
+            "latent": inv.regulariser.penalty(ws) * inv.regulariser.weight,
+        }
+        return terms["perceptual"] + terms["pixel"] + terms["noise"] + terms["latent"], terms
+
+    def _step(self) -> None:
+        with torch.enable_grad():
+            loss, terms = self.objective(self.vars.values)
+            for name, value in terms.items():
+                self.terms[name].copy_(value.detach())
+            self.vars.update(loss)
+
+    def step(self) -> None:
+        """One optimisation step (replayed from a CUDA graph where enabled)."""
+        self.graph()
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, progress: ProgressCallback | None = None) -> Stage1Result:
+        cfg, inv = self.cfg, self.inv
+        curve, curve_steps, steps = run_steps(lambda i: self.step(), cfg.steps, cfg.log_every, self.vars, progress,
+                                              "stage1", self.batch)
+        with torch.no_grad():
+            ws, layers, _ = self.unpack(self.vars.values.detach())
+            enc, rerender = inv._render(ws, layers)
+            linear = {c: inv.fm.decode(c, enc[c], clip=True) for c in inv.components}
+        synchronize(inv.device)
+        seconds = time.perf_counter() - self.t0
+        errors = [None if s < 0 else f"stage 1: non-finite loss or gradient at step {s}; this image's latents and "
+                  f"noise were frozen there" for s in self.vars.bad_step.tolist()]
+        return Stage1Result(
+            latents={c: ws[:, n].clone() for n, c in enumerate(inv.priors)},
+            noise={c: [x[:, n].clone() for x in layers] for n, c in enumerate(inv.priors)},
+            encoded=enc, linear=linear, rerender=rerender,
+            loss_curve=torch.stack(curve, dim=1).double().cpu().tolist(), loss_steps=curve_steps,
+            final_terms={k: v.double().cpu().tolist() for k, v in self.terms.items()},
+            errors=errors, seconds=seconds, setup_seconds=inv.setup_seconds, steps=steps,
+        )
+
+
+__all__ = ["DTYPES", "JointInverter", "Stage1Config", "Stage1Result", "Stage1Run", "lr_ramp"]

@@ -162,7 +162,7 @@ class JoinStage1(Method):
 
     def _decompose(self, images: Tensor) -> Decomposition:
         inv, images, target = self._prepare(images)
-        res = inv.invert(target, self.init_latents(target))
+        res = inv.invert(target, self.init_latents(target), progress=self.progress)
         timings, extras = self._stage1_report(inv, res)
         return self._finish(images, target, res.linear, timings, res.errors, extras)
 
@@ -331,7 +331,8 @@ class JoinFull(JoinStage1):
     def load(self) -> JointInverter:
         inv = super().load()
         if self.config.pti and (self._tuner is None or self._tuner_for is not inv):
-            self._tuner = PivotalTuner(inv.priors, self.forward_model, pti_config(self.config), self.device)
+            self._tuner = PivotalTuner(inv.priors, self.forward_model, pti_config(self.config), self.device,
+                                       cuda_graphs=self.config.cuda_graphs)
             self._tuner_for = inv
         return inv
 
@@ -392,7 +393,7 @@ class JoinFull(JoinStage1):
             timings["encoder"] = time.perf_counter() - t0
         else:
             init = None
-        res = inv.invert(target, init)
+        res = inv.invert(target, init, progress=self.progress)
         s1_timings, extras = self._stage1_report(inv, res)
         timings.update(s1_timings)
         extras["init"] = cfg.init
@@ -401,7 +402,7 @@ class JoinFull(JoinStage1):
         linear, errors = res.linear, list(res.errors)
         if self._tuner is not None:
             saving = cfg.save_tuned is not None
-            out = self._tuner.tune(target, res.latents, res.noise, save_tuned=saving)
+            out = self._tuner.tune(target, res.latents, res.noise, save_tuned=saving, progress=self.progress)
             timings["pti"] = out.seconds
             timings["pti_per_step"] = out.seconds / max(1, out.steps)
             linear = out.linear
