@@ -13,12 +13,7 @@ TINY = dict(resolution=RES, channel_base=64, channel_max=8)
 TOL = dict(rtol=0.0, atol=1e-9)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("tiny_env")  # one intra-op thread
 
 
 def members(img_channels: int = 3) -> tuple[list[Generator], list[Discriminator]]:
