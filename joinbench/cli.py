@@ -203,6 +203,7 @@ from .relight import relight_cmd; app.command("relight")(relight_cmd)  # noqa: E
 from .timing import timing_cmd; app.command("timing")(timing_cmd)  # noqa: E402,E702
 from .profile import profile_cmd; app.command("profile")(profile_cmd)  # noqa: E402,E702
 from .suite_cli import ablate_cmd, compare_cmd; app.command("ablate")(ablate_cmd); app.command("compare")(compare_cmd)  # noqa: E402,E702
+from .campaign.cli import campaign_app; app.add_typer(campaign_app, name="campaign")  # noqa: E402,E702
 # -- end of command block ------------------------------------------------------------------
 
 

@@ -9,10 +9,9 @@ by LPIPS-Alex and shows each pair side by side with its distance.
 
 - The pool is the start of the prior's own training stream: the procedural stream seeded
   with the training seed its sidecar records (``train.seed``), rendered at the prior's
-  resolution in its encoded space. A stream yields the same images whatever its batch or
-  chunk, so for a prior trained by ``joinbench train prior`` these are the first ``pool``
-  images it was shown (an engine that draws its batches differently still draws from the
-  same distribution).
+  resolution in its encoded space. The per-image seeds come from one seeded generator drawn
+  in order, whatever the batch, chunk or data-pool size, so these are the first ``pool``
+  images its training rendered (``joinbench.training.data``).
 - A reference puts the distances in scale: ``reference`` held-out procedural images (another
   stream seed, never in the pool) get the same search. Samples whose nearest distance is far
   below the held-out images' are suspiciously close to a training image (copies); samples far
@@ -147,7 +146,7 @@ def _stream_images(dataset, n: int, seed: int, resolution: int, batch: int,
                    device: torch.device) -> Iterator[dict[str, Tensor]]:
     """``n`` images of the procedural training stream seeded ``seed``: batches of every
     component in encoded space."""
-    from .train import TrainStream
+    from ..training.data import TrainStream
 
     stream = TrainStream(dataset, batch, device, seed, resolution)
     done = 0
@@ -166,7 +165,7 @@ def nearest_check(cfg: NearestConfig, progress: bool = True) -> list[dict[str, A
 
     from ..env import device_name, git_commit, resolve_device, versions
     from .bank import load_prior, sidecar_path
-    from .train import create_training_dataset
+    from ..training.data import create_training_dataset
 
     cfg.check()
     device = resolve_device(cfg.device)
