@@ -236,37 +236,32 @@ def _train_stage(window: Window, stage: str, jobs: list[tuple[str, list[str], Pa
     window.save()
 
 
+def _train_job(window: Window, minutes: float, model: str, dataset: str, component: str | None,
+               *extra: str) -> tuple[str, list[str], Path]:
+    """One training of a stage: ``joinbench train MODEL`` continuing the shipped weights, stopped
+    by ``--minutes`` (the stage's minutes less the start-up and export overhead)."""
+    cfg = window.cfg
+    name = "-".join(x for x in (model, dataset, component) if x)
+    folder = window.root / "train" / name
+    argv = _joinbench("train", model, "--dataset", dataset, *(["--component", component] if component else []),
+                      "--device", cfg.device, "--kimg", "1000000",
+                      "--minutes", f"{max(minutes - cfg.overhead_minutes, 0.05):.3f}", "--init-from", "shipped",
+                      *extra, "--quiet", "--out", str(folder))
+    return name, argv, folder
+
+
 def stage_a(window: Window, minutes: float) -> None:
     cfg = window.cfg
-    train_min = max(minutes - cfg.overhead_minutes, 0.05)
-    jobs = []
-    for ds in DOMAINS:
-        for comp in ("all", "joint"):
-            folder = window.root / "train" / f"prior-{ds}-{comp}"
-            argv = _joinbench("train", "prior", "--dataset", ds, "--component", comp, "--resolution", str(cfg.resolution),
-                              "--batch", str(cfg.batch), "--device", cfg.device, "--kimg", "1000000",
-                              "--minutes", f"{train_min:.3f}", "--snapshot-kimg", "1000000", "--init-from", "shipped",
-                              "--quiet", "--out", str(folder))
-            jobs.append((f"a-prior-{ds}-{comp}", argv, folder))
-    _train_stage(window, "a", jobs, minutes)
+    _train_stage(window, "a", [_train_job(window, minutes, "prior", ds, comp, "--resolution", str(cfg.resolution),
+                                          "--batch", str(cfg.batch), "--snapshot-kimg", "1000000")
+                               for ds in DOMAINS for comp in ("all", "joint")], minutes)
 
 
 def stage_b(window: Window, minutes: float) -> None:
     cfg = window.cfg
-    train_min = max(minutes - cfg.overhead_minutes, 0.05)
-    jobs = []
-    for ds in DOMAINS:
-        for comp in ("all", "joint"):
-            folder = window.root / "train" / f"encoder-{ds}-{comp}"
-            argv = _joinbench("train", "encoder", "--dataset", ds, "--component", comp, "--device", cfg.device,
-                              "--kimg", "1000000", "--minutes", f"{train_min:.3f}", "--init-from", "shipped",
-                              "--gain-images", str(cfg.gain_images), "--gain-steps", str(cfg.gain_steps),
-                              "--quiet", "--out", str(folder))
-            jobs.append((f"b-encoder-{ds}-{comp}", argv, folder))
-        folder = window.root / "train" / f"unet-{ds}"
-        argv = _joinbench("train", "unet", "--dataset", ds, "--device", cfg.device, "--kimg", "1000000",
-                          "--minutes", f"{train_min:.3f}", "--init-from", "shipped", "--quiet", "--out", str(folder))
-        jobs.append((f"b-unet-{ds}", argv, folder))
+    gain = ("--gain-images", str(cfg.gain_images), "--gain-steps", str(cfg.gain_steps))
+    jobs = [_train_job(window, minutes, "encoder", ds, comp, *gain) for ds in DOMAINS for comp in ("all", "joint")]
+    jobs += [_train_job(window, minutes, "unet", ds, None) for ds in DOMAINS]
     _train_stage(window, "b", jobs, minutes)
 
 
