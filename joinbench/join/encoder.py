@@ -631,8 +631,8 @@ def measure_stage1_gain(encoders: Mapping[str, Encoder], priors: Mapping[str, An
     t2 = time.perf_counter()
     with torch.no_grad():
         zero = inv._initial_noise(n_images)  # the noise both runs start from: the encoded images at step 0
-        enc0_mean, _ = inv._render({c: inv._initial_latent(c, n_images, None) for c in inv.priors}, zero)
-        enc0_guided, _ = inv._render({c: inv._initial_latent(c, n_images, init) for c in inv.priors}, zero)
+        enc0_mean, _ = inv.render({c: inv._initial_latent(c, n_images, None) for c in inv.priors}, zero)
+        enc0_guided, _ = inv.render({c: inv._initial_latent(c, n_images, init) for c in inv.priors}, zero)
 
     def mean_curve(res) -> list[float]:
         return torch.tensor(res.loss_curve, dtype=torch.float64).mean(0).tolist()

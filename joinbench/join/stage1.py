@@ -297,6 +297,16 @@ class JointInverter:
             out[c] = [m.to(self.device, self.dtype)[None, None].expand(batch, 1, -1, -1) for m in maps]
         return out
 
+    def render(self, latents: Mapping[str, Tensor], noise: Mapping[str, list[Tensor]]) -> tuple[dict[str, Tensor], Tensor]:
+        """(encoded components, re-rendered display image) of per-prior ``latents`` ((B, w_dim)
+        or (B, num_ws, w_dim)) and ``noise`` (per layer (B, 1, r, r)), the layout of
+        :class:`Stage1Result` (after :meth:`setup`)."""
+        names = list(self.priors)
+        ws = torch.stack([latents[c].to(self.device, self.dtype) for c in names], dim=1)
+        layers = [torch.stack([noise[c][j].to(self.device, self.dtype) for c in names], dim=1)
+                  for j in range(len(noise[names[0]]))]
+        return self._render(ws, layers)
+
     def _render(self, ws: Tensor, noise: list[Tensor]) -> tuple[dict[str, Tensor], Tensor]:
         """Fused synthesis of every prior: ws (B, N, ...), noise per layer (B, N, 1, r, r) ->
         (encoded components, the re-rendered display image)."""
