@@ -261,7 +261,7 @@ class UNetTrainer:
         self.sums, self.count = {}, 0
         return out
 
-    def init_from(self, folder: Path, dataset: str) -> dict[str, Any]:
+    def init_from(self, folder: Path, dataset: str, label: str | None = None) -> dict[str, Any]:
         """Continue the exported U-Net of ``dataset`` in ``folder`` (its network must match)."""
         from joinbench.training.sidecar import init_record
 
@@ -272,7 +272,7 @@ class UNetTrainer:
                                    f"{self.cfg.levels} at {self.cfg.resolution} px; train with its settings or drop --init-from.")
         with torch.no_grad():
             self.net.load_state_dict(net.state_dict())
-        return init_record(sc, folder, sha256=sc.get("sha256"))
+        return init_record(sc, label or folder, sha256=sc.get("sha256"))
 
     # -- checkpoint interface ------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
@@ -358,7 +358,7 @@ def train_unet(cfg: UNetTrainConfig, resume: bool = False) -> Path:
     training = UNetTraining(cfg, ds, device)
     init = run.saved_init
     if not run.resuming and init_folder is not None:
-        init = training.trainer.init_from(init_folder, cfg.dataset)
+        init = training.trainer.init_from(init_folder, cfg.dataset, cfg.init_from)
     config = dataclasses.asdict(cfg)
     spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/unet", device=device, minutes=cfg.minutes,
                    log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress, log_first_step=True,

@@ -430,9 +430,10 @@ class BankTrainer:
                 self.stats[k].copy_(v)
         self.counts = {k: int(state["counts"].get(k, 0)) for k in LOSS_KEYS}
 
-    def init_from(self, folder: Path, dataset: str) -> dict[str, dict[str, Any]]:
+    def init_from(self, folder: Path, dataset: str, label: str | None = None) -> dict[str, dict[str, Any]]:
         """Continue the exported priors in ``folder``: G and G_ema from each member's exported
-        EMA generator, D from its discriminator; returns each member's initialisation record."""
+        EMA generator, D from its discriminator; returns each member's initialisation record
+        (``label``: how the history names the source, e.g. ``shipped``; default the folder)."""
         from ..training.sidecar import init_record
         from .bank import load_prior
 
@@ -449,7 +450,7 @@ class BankTrainer:
             g = stack_state_dicts([p.G.state_dict() for p in priors])
             for module, sd in ((self.G, g), (self.G_ema, g), (self.D, stack_state_dicts([p.D.state_dict() for p in priors]))):
                 module.load_state_dict(sd, strict=True)
-        init = {name: init_record(p.sidecar, folder, sha256=p.sha256) for p, name in zip(priors, self.members)}
+        init = {name: init_record(p.sidecar, label or folder, sha256=p.sha256) for p, name in zip(priors, self.members)}
         self.nimg.fill_(max(r["images_seen"] for r in init.values()))
         return init
 
@@ -586,7 +587,7 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     init = run.saved_init
     if not run.resuming:
         if init_folder is not None:
-            init = training.bank.init_from(init_folder, cfg.dataset)
+            init = training.bank.init_from(init_folder, cfg.dataset, cfg.init_from)
         training.save_reals(run.out)
     spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/{cfg.component}", device=device,
                    minutes=cfg.minutes, log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress,

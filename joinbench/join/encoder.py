@@ -510,7 +510,7 @@ class EncoderTrainer:
         self.sums, self.count = {}, 0
         return out
 
-    def init_from(self, folder: Path, dataset: str) -> dict[str, Any]:
+    def init_from(self, folder: Path, dataset: str, label: str | None = None) -> dict[str, Any]:
         """Continue the exported encoder in ``folder``: its weights, re-anchored on this prior's
         latent statistics (equal to its own when the prior did not change)."""
         from ..training.sidecar import init_record
@@ -525,7 +525,7 @@ class EncoderTrainer:
         with torch.no_grad():
             self.encoder.load_state_dict(old.state_dict())
             self.encoder.set_latent_stats(*stats)
-        return init_record(old.sidecar, folder, sha256=old.sidecar.get("sha256"), prior_sha256=old.prior_sha256)
+        return init_record(old.sidecar, label or folder, sha256=old.sidecar.get("sha256"), prior_sha256=old.prior_sha256)
 
     # -- checkpoint interface ------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
@@ -705,7 +705,7 @@ def train_encoders(cfg: EncoderTrainConfig, resume: bool = False) -> Path:
     training = EncoderTraining(cfg, priors, ds, device, resolution, perceptual)
     init = run.saved_init
     if not run.resuming and init_folder is not None:
-        init = {t.name: t.init_from(init_folder, cfg.dataset) for t in training.units}
+        init = {t.name: t.init_from(init_folder, cfg.dataset, cfg.init_from) for t in training.units}
     spec = RunSpec(kimg=cfg.kimg, batch=cfg.batch, desc=f"{cfg.dataset}/{cfg.component} encoder", device=device,
                    minutes=cfg.minutes, log_kimg=cfg.log_kimg, snapshot_kimg=cfg.snapshot_kimg, progress=cfg.progress,
                    log_first_step=True, scalars={"prior_sha256": prior_shas, "init": init,

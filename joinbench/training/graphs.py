@@ -82,29 +82,45 @@ class StepGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def __call__(self) -> None:
-        if not self.enabled:
-            self.fn()
-            return
-        if self.graph is None:
+        if self.enabled and self.graph is None:
             self._capture()
-        self.graph.replay()
+        if self.graph is None:
+            self.fn()
+        else:
+            self.graph.replay()
 
     def _capture(self) -> None:
+        """Warm up, restore the state, capture; if capturing fails, say so once and stay eager
+        (a GPU window is not lost to a step that cannot be captured)."""
         tensors = list(self.state())
         saved = [t.detach().clone() for t in tensors]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn()
+            torch.cuda.current_stream().wait_stream(side)
+            self._restore(tensors, saved)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self.fn()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for t, v in zip(tensors, saved):
-                t.copy_(v)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.fn()
-        self.graph = graph
+            self.graph = graph
+        except RuntimeError as exc:
+            import sys
+
+            name = getattr(self.fn, "__name__", "step")
+            print(f"warning: CUDA graph capture of {name} failed ({str(exc).splitlines()[0][:200]}); it runs eagerly",
+                  file=sys.stderr)
+            torch.cuda.synchronize()
+            self._restore(tensors, saved)
+            self.enabled = False
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore(tensors: Sequence[Tensor], saved: Sequence[Tensor]) -> None:
+        for t, v in zip(tensors, saved):
+            t.copy_(v)
 
 
 __all__ = ["StepGraph", "adam_step", "make_adam", "optimizer_tensors"]

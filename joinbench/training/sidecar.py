@@ -60,8 +60,9 @@ def history_of(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
              "init_from": None}]
 
 
-def init_record(sidecar: dict[str, Any], source: Path, **extra: Any) -> dict[str, Any]:
-    """What a checkpoint keeps about the export a run was initialised from."""
+def init_record(sidecar: dict[str, Any], source: str | Path, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint keeps about the export a run was initialised from (``source``: as the
+    user named it, ``shipped`` or a folder)."""
     return {"from": str(source), "images_seen": int(sidecar.get("images_seen") or 0), "history": history_of(sidecar),
             **extra}
 
