@@ -15,7 +15,14 @@ train_app = typer.Typer(no_args_is_help=True, help="Train joinbench's own models
 
 INIT_HELP = ("continue exported weights: 'shipped' (joinbench/weights) or a folder of exports; images seen and the "
              "sidecar's history add up")
-POOL_HELP = "images kept rendered on the device (default: 16384 on CUDA, 8 batches elsewhere)"
+# options every training command spells the same way
+DATASET = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces")
+RESOLUTION = typer.Option(64, "--resolution", "-r", help="power of two, 16..512")
+DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+RESUME = typer.Option(False, "--resume", help="continue the checkpoint in --out")
+INIT_FROM = typer.Option(None, "--init-from", help=INIT_HELP)
+POOL_SIZE = typer.Option(None, "--pool-size", help="images kept rendered on the device (default: 16384 on CUDA, 8 batches elsewhere)")
+QUIET = typer.Option(False, "--quiet", "-q", help="no progress bar")
 
 
 @train_app.callback()
@@ -25,15 +32,15 @@ def _train_root() -> None:
 
 @train_app.command("prior")
 def train_prior_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    dataset: str = DATASET,
     component: str = typer.Option(..., "--component", "-c", help="albedo | shading | specular | all (the three, one fused bank) | joint (one 9-channel GAN)"),
     kimg: float = typer.Option(5000.0, "--kimg", help="training length in thousands of images"),
     batch: int = typer.Option(32, "--batch", "-b", help="images per step (256..1024 on a GPU; lr stays 0.0025, gamma and EMA follow StyleGAN2-ADA's auto rule)"),
-    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    resolution: int = RESOLUTION,
+    device: str = DEVICE,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/priors/<dataset>-<component>-<resolution>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help=INIT_HELP),
+    resume: bool = RESUME,
+    init_from: Optional[str] = INIT_FROM,
     seed: int = typer.Option(0, "--seed", help="seed of weights, latents and the data"),
     r1_gamma: Optional[float] = typer.Option(None, "--r1-gamma", help="R1 weight (default: StyleGAN2-ADA auto, 0.0002 res^2 / batch)"),
     lr: float = typer.Option(0.0025, "--lr", help="Adam learning rate (G and D)"),
@@ -41,12 +48,12 @@ def train_prior_cmd(
     log_kimg: float = typer.Option(4.0, "--log-kimg", help="log.jsonl line every N kimg"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: checkpoint and export after this many minutes of training (resume later with --resume)"),
     render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images per render call of the procedural generator (default: 4096 on CUDA, the pool elsewhere); the data do not change"),
-    pool_size: Optional[int] = typer.Option(None, "--pool-size", help=POOL_HELP),
+    pool_size: Optional[int] = POOL_SIZE,
     pool_refresh: float = typer.Option(0.25, "--pool-refresh", help="fraction of the pool re-rendered at a time"),
     pool_reuse: float = typer.Option(4.0, "--pool-reuse", help="times each pooled image is drawn, on average, before it is replaced"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (TF32 on CUDA; fewest launches) | bf16 (autocast forward passes)"),
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="capture the G, D, R1 and EMA steps as CUDA graphs (default: on with CUDA)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET,
 ):
     """Train the GAN prior(s) of a procedural dataset; exports <dataset>-<component>-{G,D}.safetensors + .json.
 
@@ -67,22 +74,22 @@ def train_prior_cmd(
 
 @train_app.command("unet")
 def train_unet_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    dataset: str = DATASET,
     kimg: float = typer.Option(1000.0, "--kimg", help="training length in thousands of images"),
     batch: int = typer.Option(32, "--batch", "-b", help="images per step"),
-    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    resolution: int = RESOLUTION,
+    device: str = DEVICE,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/unet/<dataset>-<resolution>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
-    init_from: Optional[str] = typer.Option(None, "--init-from", help=INIT_HELP),
+    resume: bool = RESUME,
+    init_from: Optional[str] = INIT_FROM,
     minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: stop and export after this many minutes"),
     lpips_weight: float = typer.Option(1.0, "--lpips-weight", help="weight of LPIPS-Alex per component (0: L1 + re-render only)"),
     seed: int = typer.Option(0, "--seed", help="seed of the weights and the data"),
     width: int = typer.Option(16, "--width", help="base width of the U-Net (channels double per level)"),
     levels: int = typer.Option(4, "--levels", help="U-Net resolution levels"),
     lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay to 5%)"),
-    pool_size: Optional[int] = typer.Option(None, "--pool-size", help=POOL_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    pool_size: Optional[int] = POOL_SIZE,
+    quiet: bool = QUIET,
 ):
     """Train the supervised U-Net baseline; exports <dataset>-unet.safetensors (fp16) + <dataset>-unet.json.
 
@@ -110,14 +117,14 @@ def train_unet_cmd(
 
 @train_app.command("encoder")
 def train_encoder_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="procedural dataset: materials | faces"),
+    dataset: str = DATASET,
     component: str = typer.Option("all", "--component", "-c", help="albedo | shading | specular | all (the three, one process) | joint (the joint prior's encoder)"),
     kimg: float = typer.Option(200.0, "--kimg", help="training length in thousands of images"),
     batch: int = typer.Option(16, "--batch", "-b", help="images per step"),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="encoder input resolution (default: the prior's)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    device: str = DEVICE,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/encoders/<dataset>-<component>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    resume: bool = RESUME,
     init_from: Optional[str] = typer.Option(None, "--init-from", help=INIT_HELP + " (also against retrained priors: re-bound to the prior in use)"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="time budget: checkpoint and export after this many minutes of training (resume later with --resume)"),
     priors_path: Optional[Path] = typer.Option(None, "--priors-path", help="folder of the GAN priors (default: the shipped joinbench/weights)"),
@@ -129,8 +136,8 @@ def train_encoder_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the weights and the data"),
     snapshot_kimg: float = typer.Option(20.0, "--snapshot-kimg", help="checkpoint every N kimg"),
     render_chunk: Optional[int] = typer.Option(None, "--render-chunk", help="images per render call of the procedural generator (default: 4096 on CUDA, the pool elsewhere)"),
-    pool_size: Optional[int] = typer.Option(None, "--pool-size", help=POOL_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    pool_size: Optional[int] = POOL_SIZE,
+    quiet: bool = QUIET,
 ):
     """Train the stage-1 initialisation encoder(s) of a prior; exports <dataset>-<component>-encoder.safetensors + .json.
 
