@@ -17,7 +17,7 @@
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=${SMOKE_DIR:-$(mktemp -d -t joinbench-smoke-XXXX)}
-minutes=${MINUTES:-4}
+minutes=${MINUTES:-6}
 mkdir -p "$root"
 root=$(cd "$root" && pwd)
 echo "smoke campaign in $root"
@@ -59,7 +59,8 @@ cp -r "$root/base" "$root/gpu"
 cp -r "$root/base" "$root/here"
 
 # 2. the GPU window, on the CPU
-in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=0.15 \
+in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=0.15 \
+  SHARES=a=0.2,b=0.25,c=0.55 \
   OUT="$root/out" bash scripts/gpu_campaign.sh "$minutes"
 
 # 3. ship it here

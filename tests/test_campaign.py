@@ -247,3 +247,29 @@ def test_smoke_campaign_end_to_end(tmp_path):
     assert records[1]["results"]["materials"]["join"]["albedo_lpips"][0] > 0
     assert (here / "reports/compare-gpu/compare.md").is_file()
     assert "Latest GPU window: 1" in (here / "README.md").read_text()
+
+
+def test_evaluation_runs_travel_and_pool_back_by_method(tmp_path):
+    """Stage c/d's machinery with a fast method: runs in order, the same command made once, a run
+    without time left not started; packed, unpacked and pooled into pred/<method>/ with its ids."""
+    from joinbench.campaign.ship import pool_predictions
+    from joinbench.campaign.window import Window, run_stage
+
+    cfg = WindowConfig(out=str(tmp_path / "w"), device="cpu", resolution=16, limit=2, minutes=5)
+    window = Window(cfg)
+    runs = [{"label": "trivial@materials", "method": "trivial", "set": {}, "dataset": "materials"},
+            {"label": "ablation@materials/base", "method": "trivial", "set": {}, "dataset": "materials", "variant": "base"}]
+    run_stage(window, "c", runs, until=float("inf"))
+    run_stage(window, "d", [{**runs[0], "label": "late@faces", "dataset": "faces"}], until=0.0)
+    m = window.manifest["runs"]
+    assert m["trivial@materials"]["status"] == "done" and m["ablation@materials/base"]["same_as"] == "trivial@materials"
+    assert m["late@faces"]["status"].startswith("not started")
+    summary = json.loads((window.root / m["trivial@materials"]["folder"] / "summary.json").read_text())
+    assert "lpips" not in summary["results"]["albedo"]  # scored where it is shipped
+    pack_window(window.root, tmp_path / "out")
+    call = unpack_window(sorted((tmp_path / "out").glob(f"{PART_PREFIX}*")), tmp_path / "call")
+    pooled = pool_predictions(call, tmp_path / "win")
+    assert set(pooled) == {"trivial@materials", "ablation@materials/base"}
+    names = sorted(p.name for p in (tmp_path / "win" / "pred" / "trivial").glob("*.npz"))
+    assert names == ["materials-00000.npz", "materials-00001.npz"]
+    assert sorted(p.name for p in (tmp_path / "win" / "pred" / "ablation" / "base").glob("*.npz")) == names

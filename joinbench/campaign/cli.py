@@ -30,7 +30,8 @@ def window_cmd(
     stages: str = typer.Option("abcd", "--stages", help="a priors, b encoders + U-Net, c join/join-s1 runs, d ablation"),
     device: str = typer.Option("cuda", "--device"),
     resolution: int = typer.Option(64, "--resolution", "-r"),
-    batch: int = typer.Option(64, "--batch", "-b", help="prior training batch"),
+    batch: int = typer.Option(256, "--batch", "-b", help="prior training batch"),
+    model_batch: int = typer.Option(64, "--model-batch", help="encoder and U-Net training batch"),
     limit: int = typer.Option(100, "--limit", help="test images per run (stages c, d)"),
     join_set: Optional[List[str]] = typer.Option(None, "--join-set", help="key=value for every JoIN run (CPU smoke: steps=2)"),
     gain_images: int = typer.Option(8, "--gain-images", help="test images of the encoders' stage-1 gain"),
@@ -52,7 +53,7 @@ def window_cmd(
         done = current_window(load_history(), weights_record(weights_dir()))
         skip = tuple((done or {}).get("runs", ()))
     cfg = WindowConfig(minutes=minutes, out=str(out), stages=stages, device=device, resolution=resolution, batch=batch,
-                       limit=limit, join_set=tuple(join_set or ()), gain_images=gain_images, gain_steps=gain_steps,
+                       model_batch=model_batch, limit=limit, join_set=tuple(join_set or ()), gain_images=gain_images, gain_steps=gain_steps,
                        shares=_shares(shares), overhead_minutes=overhead, skip_runs=skip)
     run_window(cfg)
 

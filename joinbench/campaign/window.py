@@ -48,6 +48,7 @@ ABLATION_DATASET = "materials"
 # every default metric except LPIPS (AlexNet's ImageNet weights do not travel; scored when shipped)
 GPU_METRICS = ("mse", "psnr", "ssim", "si-mse", "si-lmse", "lmse", "dssim")
 MANIFEST_FORMAT = "joinbench-campaign-window"
+GRACE_S = 30  # a training stage's processes may overrun its minutes by this much (export, gain measurement)
 
 
 @dataclass
@@ -59,7 +60,8 @@ class WindowConfig:
     stages: str = STAGES
     device: str = "cuda"
     resolution: int = 64
-    batch: int = 64  # prior training batch
+    batch: int = 256  # prior training batch (the engine's range on a GPU: 256..1024)
+    model_batch: int = 64  # encoder and U-Net training batch (theirs default to 16 / 32: too few for a GPU)
     limit: int = 100  # test images per run (stages c, d)
     join_set: tuple[str, ...] = ()  # extra --set for every JoIN run (CPU smoke: steps=2, ...)
     gain_images: int = 8  # stage-1 gain measurement of the encoders
@@ -221,12 +223,12 @@ def _collect(window: Window, folder: Path) -> list[str]:
 
 
 def _train_stage(window: Window, stage: str, jobs: list[tuple[str, list[str], Path]], minutes: float) -> None:
-    cfg = window.cfg
-    seconds, t0 = min(60 * minutes, window.left()), time.monotonic()
+    t0 = time.monotonic()
     entry = window.manifest["stages"][stage] = {"minutes": round(minutes, 2), "started": _now(), "jobs": {}}
     window.save()
-    # the trainings stop themselves after --minutes (then export); the rest of the stage is their start and export
-    status = _run_all(window, [(n, argv) for n, argv, _ in jobs], seconds + 60 * cfg.overhead_minutes)
+    # The trainings stop themselves after --minutes (the stage's minutes less the overhead) and
+    # export; a training still running GRACE_S after the stage's end is interrupted.
+    status = _run_all(window, [(n, argv) for n, argv, _ in jobs], min(60 * minutes + GRACE_S, window.left()))
     for name, argv, folder in jobs:
         files = _collect(window, folder) if status[name] in ("done", "timeout") else []
         window.manifest["weights"] += [f for f in files if f not in window.manifest["weights"]]
@@ -259,9 +261,10 @@ def stage_a(window: Window, minutes: float) -> None:
 
 def stage_b(window: Window, minutes: float) -> None:
     cfg = window.cfg
+    extra = ("--batch", str(cfg.model_batch))
     gain = ("--gain-images", str(cfg.gain_images), "--gain-steps", str(cfg.gain_steps))
-    jobs = [_train_job(window, minutes, "encoder", ds, comp, *gain) for ds in DOMAINS for comp in ("all", "joint")]
-    jobs += [_train_job(window, minutes, "unet", ds, None) for ds in DOMAINS]
+    jobs = [_train_job(window, minutes, "encoder", ds, comp, *extra, *gain) for ds in DOMAINS for comp in ("all", "joint")]
+    jobs += [_train_job(window, minutes, "unet", ds, None, *extra) for ds in DOMAINS]
     _train_stage(window, "b", jobs, minutes)
 
 
@@ -326,10 +329,11 @@ def run_window(cfg: WindowConfig) -> Window:
     budget = stage_minutes(cfg)
     print(f"window: {cfg.minutes:g} minutes, stages {cfg.stages}: "
           + ", ".join(f"{s} {m:.2f} min" for s, m in budget.items()), flush=True)
-    if "a" in cfg.stages:
-        stage_a(window, budget["a"])
+    later = lambda *stages: sum(budget.get(s, 0.0) for s in stages)  # noqa: E731
+    if "a" in cfg.stages:  # a stage that overran shortens the next training stage, never the evaluation's share
+        stage_a(window, max(min(budget["a"], window.left() / 60 - later("b", "c")), 0.1))
     if "b" in cfg.stages:
-        stage_b(window, budget["b"])
+        stage_b(window, max(min(budget["b"], window.left() / 60 - later("c")), 0.1))
     # what the evaluation runs with: the ship step checks the installed priors are these
     window.manifest["evaluated_with"] = {k: v["sha256"] for k, v in weights_record(weights_dir())["priors"].items()}
     window.save()
