@@ -408,7 +408,8 @@ class PTIRun:
         ``(1 - mix) w + mix w_rand`` for ``w_rand`` (n, N, w_dim) (or z (n, N, z_dim) when the
         mapping is tuned)."""
         b, n = values.shape[:2]
-        params = {**{k: v[:b * n] for k, v in self.fixed.items()}, **self.unpack(values)}
+        fixed = self.fixed if b == self.batch else {k: v[:b * n] for k, v in self.fixed.items()}  # loop: b = 1
+        params = {**fixed, **self.unpack(values)}
         ws = pivots[None]  # (1, b, N, ...)
         if w_rand is not None:
             if self.mapping_tuned:
