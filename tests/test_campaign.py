@@ -226,6 +226,8 @@ def test_ablation_spec_of_returned_variants(tmp_path):
     for name in ("JoIN", "no PTI"):
         (variants / name.replace(" ", "_")).mkdir(parents=True)
         (variants / name.replace(" ", "_") / "materials-00000.npz").write_bytes(b"")
+    (variants / "W_").mkdir()
+    (variants / "W_" / "materials-shift-00000.npz").write_bytes(b"")  # another dataset's: not this table's
     spec = tomllib.loads(ablation_spec(variants, "materials", 3))
     assert [v["name"] for v in spec["variant"]] == ["JoIN", "no PTI"]
     assert spec["variant"][1]["method"] == f"predictions:{(variants / 'no_PTI').resolve()}"

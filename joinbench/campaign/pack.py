@@ -81,7 +81,7 @@ def _items(window: Path, manifest: dict[str, Any]) -> list[tuple[str, list[Path]
     weights = sorted(p for p in (window / "weights").glob("*") if p.is_file()) if (window / "weights").is_dir() else []
     items = [("logs", logs), ("weights", weights)]
     for label, run in manifest.get("runs", {}).items():
-        if run.get("status") != "done":
+        if run.get("status") != "done" or run.get("same_as"):  # a run made once travels once
             continue
         folder = window / run["folder"]
         files = [folder / f for f in RUN_FILES if (folder / f).is_file()]

@@ -207,10 +207,15 @@ def pool_predictions(call: Path, window_dir: Path) -> dict[str, Any]:
         if run.get("same_as") in runs and run.get("variant"):
             src = window_dir / "pred" / runs[run["same_as"]]["method"]
             dest = make_folder(window_dir / "pred" / "ablation" / _slug(run["variant"]))
-            for f in src.glob(f"{run['dataset']}-*.npz"):
+            for f in src.glob(f"{_id_prefix(run['dataset'])}-[0-9]*.npz"):
                 shutil.copy2(f, dest / f.name)
             runs[label] = {**runs[run["same_as"]], **run}
     return runs
+
+
+def _id_prefix(dataset: str) -> str:
+    """The sample ids' prefix of a dataset (``bank:faces`` -> ``bank-faces``)."""
+    return dataset.replace(":", "-")
 
 
 def _slug(name: str) -> str:
@@ -239,13 +244,13 @@ def ablation_spec(variants_dir: Path, dataset: str, window: int) -> str:
     text = subprocess.run([sys.executable, "-m", "joinbench", "ablate", "--print-spec"], capture_output=True,
                           text=True, check=True).stdout
     spec = tomllib.loads(text)
-    base = variants_dir / _slug(spec["baseline"])
-    if not any(base.glob(f"{dataset}-*.npz")):
+    ids = f"{_id_prefix(dataset)}-[0-9]*.npz"
+    have = {v["name"] for v in spec["variant"] if any((variants_dir / _slug(v["name"])).glob(ids))}
+    if spec["baseline"] not in have:
         return ""  # every comparison is against the baseline: without it there is no table yet
     q = json.dumps  # a TOML basic string is a JSON string
     lines = [f"title = {q(spec.get('title', 'JoIN ablations') + f' (GPU window {window}, 100 test images, scored on the CPU)')}",
              f"baseline = {q(spec['baseline'])}", f"metrics = {q(spec['metrics'])}", ""]
-    have = {v["name"] for v in spec["variant"] if any((variants_dir / _slug(v["name"])).glob(f"{dataset}-*.npz"))}
     for v in spec["variant"]:
         folder = variants_dir / _slug(v["name"])
         if v["name"] not in have or v.get("baseline", spec["baseline"]) not in have:
@@ -264,8 +269,7 @@ def _done_datasets(pred: Path, limit: int) -> list[str]:
     for ds in ("materials", "materials-shift", "faces", "faces-shift", "bank:materials", "bank:faces"):
         if ds not in list_datasets():
             continue
-        prefix = ds.replace(":", "-")
-        if all(len(list((pred / m).glob(f"{prefix}-[0-9]*.npz"))) >= limit for m in PRED_METHODS):
+        if all(len(list((pred / m).glob(f"{_id_prefix(ds)}-[0-9]*.npz"))) >= limit for m in PRED_METHODS):
             out.append(ds)
     return out
 
@@ -394,9 +398,11 @@ def ship(cfg: ShipConfig) -> dict[str, Any]:
             "minutes": manifest["config"].get("minutes"), "gpu_commit": env.get("commit")} if has_weights else {}),
         "note": cfg.note or previous.get("note", ""),
         **weights_record(shipped),
-        # per dataset, this call's scores replace the earlier call's (a continuation adds datasets)
+        # per dataset, this call's scores replace the earlier call's (a continuation adds datasets);
+        # a window without JoIN results still gets its baselines (new U-Nets, new bank: sets)
         "results": {**previous.get("results", {}),
-                    **(results_record(compare_json, {f"predictions:{m}": m for m in PRED_METHODS}) if compare_json else {})},
+                    **(results_record(compare_json, {f"predictions:{m}": m for m in PRED_METHODS}) if compare_json else
+                       {} if previous.get("results") else baseline_results(window_dir, cfg.limit, resolution))},
         "runs": sorted(set(previous.get("runs", [])) | {k for k, r in runs.items() if r.get("status") == "done"}),
         "run_facts": {k: {f: r.get(f) for f in ("method", "dataset", "variant", "stage", "command", "seconds", "status",
                                                   "same_as", "folder")} for k, r in runs.items()},
