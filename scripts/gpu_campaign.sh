@@ -17,12 +17,13 @@
 # STAGES=cd finishes the evaluation of the installed (already shipped) priors in a second call:
 # runs that reports/priors/history.jsonl already holds for them are skipped.
 #
-# Settings (environment): STAGES (abcd), DEVICE (cuda), RES (64), BATCH (256: priors), MODEL_BATCH (64:
+# Settings (environment): STAGES (abcd), DEVICE (cuda), RES (64), BATCH (512: priors), MODEL_BATCH (64:
 # encoders and U-Nets), LIMIT (100),
 # JOIN_SET ("k=v k=v" for every JoIN run), GAIN ("images,steps" of the encoders' stage-1 gain, 8,100),
-# SHARES (a=0.45,b=0.2,c=0.35), OVERHEAD (0.5 minutes per training stage for start-up and export).
+# SHARES (a=0.45,b=0.2,c=0.35), OVERHEAD (0.5 minutes per training stage for start-up and export),
+# UNET_ARGS (more `train unet` options).
 # The CPU smoke test of the whole campaign (scripts/smoke_campaign.sh) runs this with
-#   DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2
+#   DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 UNET_ARGS="--lpips-weight 0"
 set -uo pipefail
 minutes=${1:-9}
 cd "$(dirname "$0")/.."
@@ -43,9 +44,9 @@ rm -rf "$window"
 sets=(); for s in ${JOIN_SET:-}; do sets+=(--join-set "$s"); done
 gain=${GAIN:-8,100}
 python3 -m joinbench campaign window "$minutes" --out "$window" --stages "${STAGES:-abcd}" --device "$device" \
-  --resolution "${RES:-64}" --batch "${BATCH:-256}" --model-batch "${MODEL_BATCH:-64}" --limit "${LIMIT:-100}" "${sets[@]}" \
+  --resolution "${RES:-64}" --batch "${BATCH:-512}" --model-batch "${MODEL_BATCH:-64}" --limit "${LIMIT:-100}" "${sets[@]}" \
   --gain-images "${gain%,*}" --gain-steps "${gain#*,}" --shares "${SHARES:-a=0.45,b=0.2,c=0.35}" \
-  --overhead "${OVERHEAD:-0.5}"
+  --overhead "${OVERHEAD:-0.5}" --unet-args "${UNET_ARGS:-}"
 status=$?
 python3 -m joinbench campaign pack "$window" --out "$dest" || status=1
 ls -la "$dest"

@@ -13,7 +13,8 @@
 #   3. here/ (another copy of base/): FORCE=1 N=64 LIMIT=2 bash scripts/ship_campaign.sh out/*:
 #      installs, scores, reports and logs window 1.
 # The copies import their own code (PYTHONPATH; joinbench/datasets and joinbench/baselines are
-# links, as the package mapping makes them).
+# links, as the package mapping makes them). The U-Nets train without their LPIPS-Alex term here:
+# AlexNet needs 31 px and `train unet` does not upsample 16 px images for it.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=${SMOKE_DIR:-$(mktemp -d -t joinbench-smoke-XXXX)}
@@ -49,7 +50,7 @@ for ds in materials faces; do
       --gain-steps 2 --perceptual none --device cpu --quiet --out "$train/encoder-$ds-$comp" >> "$root/train.log"
     cp "$train/encoder-$ds-$comp"/*-encoder.* "$root/base/joinbench/weights/"
   done
-  in_copy "$root/base" jb train unet --dataset $ds --resolution 16 --kimg 0.032 --batch 8 --width 4 --levels 2 \
+  in_copy "$root/base" jb train unet --dataset $ds --resolution 16 --kimg 0.032 --batch 8 --width 4 --levels 2 --lpips-weight 0 \
     --device cpu --quiet --out "$train/unet-$ds" >> "$root/train.log"
   cp "$train/unet-$ds"/$ds-unet.* "$root/base/joinbench/weights/"
 done
@@ -60,7 +61,7 @@ cp -r "$root/base" "$root/here"
 
 # 2. the GPU window, on the CPU
 in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=0.15 \
-  SHARES=a=0.2,b=0.25,c=0.55 \
+  SHARES=a=0.2,b=0.25,c=0.55 UNET_ARGS="--lpips-weight 0" \
   OUT="$root/out" bash scripts/gpu_campaign.sh "$minutes"
 
 # 3. ship it here

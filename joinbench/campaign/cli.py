@@ -1,6 +1,7 @@
 """``joinbench campaign window|pack|ship|history``: the GPU campaign's commands (see the package docstring)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,7 +31,7 @@ def window_cmd(
     stages: str = typer.Option("abcd", "--stages", help="a priors, b encoders + U-Net, c join/join-s1 runs, d ablation"),
     device: str = typer.Option("cuda", "--device"),
     resolution: int = typer.Option(64, "--resolution", "-r"),
-    batch: int = typer.Option(256, "--batch", "-b", help="prior training batch"),
+    batch: int = typer.Option(512, "--batch", "-b", help="prior training batch"),
     model_batch: int = typer.Option(64, "--model-batch", help="encoder and U-Net training batch"),
     limit: int = typer.Option(100, "--limit", help="test images per run (stages c, d)"),
     join_set: Optional[List[str]] = typer.Option(None, "--join-set", help="key=value for every JoIN run (CPU smoke: steps=2)"),
@@ -39,6 +40,7 @@ def window_cmd(
     shares: str = typer.Option("a=0.45,b=0.2,c=0.35", "--shares", help="budget shares of stages a, b, c (d gets c's leftovers)"),
     overhead: float = typer.Option(0.5, "--overhead", help="minutes of a training stage kept for start-up and export"),
     skip_returned: bool = typer.Option(True, "--skip-returned/--redo", help="skip runs reports/priors/history.jsonl already holds for the installed priors"),
+    unet_args: str = typer.Option("", "--unet-args", help="more `train unet` options, e.g. '--lpips-weight 0' (LPIPS-Alex needs 31 px)"),
 ):
     """Run one GPU window: train from the shipped state, then evaluate, within MINUTES.
 
@@ -49,12 +51,16 @@ def window_cmd(
     from .window import WindowConfig, run_window
 
     skip: tuple[str, ...] = ()
+    records = load_history()
     if skip_returned and not set(stages) & set("ab"):  # a continuation: the same priors as the logged window
-        done = current_window(load_history(), weights_record(weights_dir()))
+        done = current_window(records, weights_record(weights_dir()))
         skip = tuple((done or {}).get("runs", ()))
+    # a new window trains on new images: the data streams start from a seed of its own (its number)
+    seed = records[-1]["window"] + 1 if records else 1
     cfg = WindowConfig(minutes=minutes, out=str(out), stages=stages, device=device, resolution=resolution, batch=batch,
                        model_batch=model_batch, limit=limit, join_set=tuple(join_set or ()), gain_images=gain_images, gain_steps=gain_steps,
-                       shares=_shares(shares), overhead_minutes=overhead, skip_runs=skip)
+                       shares=_shares(shares), overhead_minutes=overhead, skip_runs=skip, seed=seed,
+                       unet_args=tuple(shlex.split(unet_args)))
     run_window(cfg)
 
 

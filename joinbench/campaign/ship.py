@@ -176,7 +176,7 @@ def redraw_priors(reports: Path, installed: list[str], nn_pool: int, nn_n: int, 
     if nn_pool > 0:
         for ds in sorted({p.split("-", 1)[0] for p in priors}):
             _cli("priors", "nearest", "--dataset", ds, "--component", "all", "--n", str(nn_n), "--pool", str(nn_pool),
-                 "--device", device, "--quiet", "--out", str(reports / "priors"))
+                 "--device", device, "--format", "jpg", "--quiet", "--out", str(reports / "priors"))
 
 
 # -- 5. scoring ------------------------------------------------------------------------------------------

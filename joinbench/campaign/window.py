@@ -60,7 +60,7 @@ class WindowConfig:
     stages: str = STAGES
     device: str = "cuda"
     resolution: int = 64
-    batch: int = 256  # prior training batch (the engine's range on a GPU: 256..1024)
+    batch: int = 512  # prior training batch (what scripts/gpu_train_priors.sh uses with the engine)
     model_batch: int = 64  # encoder and U-Net training batch (theirs default to 16 / 32: too few for a GPU)
     limit: int = 100  # test images per run (stages c, d)
     join_set: tuple[str, ...] = ()  # extra --set for every JoIN run (CPU smoke: steps=2, ...)
@@ -71,6 +71,8 @@ class WindowConfig:
     overhead_minutes: float = 0.5  # a training process's start-up and export, inside its stage
     skip_runs: tuple[str, ...] = ()  # run labels already returned by an earlier call
     ablation_dataset: str = ABLATION_DATASET
+    seed: int = 0  # the trainings' data seed: the window's number, so each window trains on new images
+    unet_args: tuple[str, ...] = ()  # more `train unet` options (CPU smoke at 16 px: --lpips-weight 0)
 
     def check(self) -> None:
         if not 0 < self.minutes <= 9.5:
@@ -248,7 +250,7 @@ def _train_job(window: Window, minutes: float, model: str, dataset: str, compone
     argv = _joinbench("train", model, "--dataset", dataset, *(["--component", component] if component else []),
                       "--device", cfg.device, "--kimg", "1000000",
                       "--minutes", f"{max(minutes - cfg.overhead_minutes, 0.05):.3f}", "--init-from", "shipped",
-                      *extra, "--quiet", "--out", str(folder))
+                      "--seed", str(cfg.seed), *extra, "--quiet", "--out", str(folder))
     return name, argv, folder
 
 
@@ -264,7 +266,7 @@ def stage_b(window: Window, minutes: float) -> None:
     extra = ("--batch", str(cfg.model_batch))
     gain = ("--gain-images", str(cfg.gain_images), "--gain-steps", str(cfg.gain_steps))
     jobs = [_train_job(window, minutes, "encoder", ds, comp, *extra, *gain) for ds in DOMAINS for comp in ("all", "joint")]
-    jobs += [_train_job(window, minutes, "unet", ds, None, *extra) for ds in DOMAINS]
+    jobs += [_train_job(window, minutes, "unet", ds, None, *extra, *cfg.unet_args) for ds in DOMAINS]
     _train_stage(window, "b", jobs, minutes)
 
 

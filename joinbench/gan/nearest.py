@@ -239,7 +239,7 @@ def nearest_figure(result: dict[str, Any], path: str | Path, per_row: int | None
 
 
 def write_nearest(result: dict[str, Any], out: str | Path, command: str = "") -> tuple[Path, Path]:
-    """The figure at ``out`` (PNG) and its numbers beside it (same name, ``.json``)."""
+    """The figure at ``out`` (PNG or JPEG by its suffix) and its numbers beside it (same name, ``.json``)."""
     from ..env import write_json
 
     out = Path(out)
