@@ -513,8 +513,9 @@ def test_ctrl_c_checkpoints_after_the_batch_and_resumes_exactly(tmp_path, monkey
         real_advance(self)
 
     monkeypatch.setattr(loop.TrainClock, "advance", advance_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stop:
         train_prior(tiny_train_cfg(tmp_path / "t", kimg=0.016))
+    assert str(tmp_path / "t") in str(stop.value) and "--resume" in str(stop.value)  # the CLI prints this line
     monkeypatch.undo()
     state = json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())
     assert state["cur_nimg"] == 8 and not list((tmp_path / "t").glob("*-G.safetensors"))  # two batches, no export
