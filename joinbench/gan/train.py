@@ -458,6 +458,13 @@ class BankTrainer:
 # ---------------------------------------------------------------------------------------
 # one run's engine: the data pool and the bank
 # ---------------------------------------------------------------------------------------
+def use_graphs(cfg: TrainConfig, device: torch.device) -> bool:
+    """``--cuda-graphs``: on by default with CUDA; asked for elsewhere, a one-line error."""
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise JoinbenchError("--cuda-graphs needs a CUDA device; drop it or use --device cuda.")
+    return device.type == "cuda" if cfg.cuda_graphs is None else bool(cfg.cuda_graphs)
+
+
 class PriorTraining:
     """The engine of one ``train prior`` run (a :class:`~joinbench.training.loop.Trainer`):
     the device-resident pool of encoded training images and the :class:`BankTrainer`.
@@ -477,11 +484,8 @@ class PriorTraining:
         channels = 9 if encoded == "joint" else 3
         self.batch_x = torch.empty(cfg.batch, channels, cfg.resolution, cfg.resolution, dtype=dtype, device=device)
         n = len(cfg.model_names())
-        graphs = device.type == "cuda" if cfg.cuda_graphs is None else bool(cfg.cuda_graphs)
-        if graphs and device.type != "cuda":
-            raise JoinbenchError("--cuda-graphs needs a CUDA device; drop it or use --device cuda.")
         real = self.batch_x.view(cfg.batch, n, channels // n, cfg.resolution, cfg.resolution)
-        self.bank = BankTrainer(cfg, device, real, graphs)
+        self.bank = BankTrainer(cfg, device, real, use_graphs(cfg, device))
         self.units = [self.bank]
 
     def iteration(self, step: int = 0, progress: float = 0.0) -> None:
@@ -574,6 +578,7 @@ def train_prior(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg.pool_size = cfg.pool_size or defaults["size"]
     cfg.render_chunk = cfg.render_chunk or defaults["render_chunk"]
     init_folder = resolve_init_from(cfg.init_from) if cfg.init_from is not None else None
+    use_graphs(cfg, device)
     run = TrainingRun(cfg.out, resume)
     if run.resuming and run.saved_init and cfg.init_from is None:  # --resume of an --init-from run needs no flag
         cfg.init_from, cfg.ema_rampup = run.saved["config"].get("init_from"), None
