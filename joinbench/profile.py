@@ -378,7 +378,8 @@ def _block_line(label: str, block: dict[str, Any] | None) -> str:
     env = block["environment"]
     code = env.get("code_commit", env["commit"])
     how = f" ({env['how']})" if env.get("how") else ""
-    return (f"- {label}: code at `{code}`{how}, {env['date']}, "
+    made = f", made with `{block['command']}`" if block.get("command") else ""
+    return (f"- {label}: code at `{code}`{how}{made}, {env['date']}, "
             + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if k in ("python", "torch")))
 
 
@@ -388,8 +389,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     before, after, tests = report.get("before"), report.get("after"), report.get("tests")
     bres, ares = (before or {}).get("results", {}), (after or {}).get("results", {})
     lines = ["# Kernel launches, host syncs and FLOPs per step", "",
-             f"Made with `{report['command']}` (`joinbench profile --help`; what is counted and how device placement "
-             "is emulated: `joinbench/launches.py`). Counts are deterministic: the same on any machine and under any "
+             "Made with `joinbench profile all --out reports/launches.md` or parts of it (each block below names its "
+             "command; `joinbench profile --help`; what is counted and how device placement is emulated: "
+             "`joinbench/launches.py`). Counts are deterministic: the same on any machine and under any "
              "load. Per unit = (count of 2N units - count of N units) / N, or of the N units after a `--warmup` of W: "
              "warm-up and set-up cancel.", "",
              _block_line("before", before), _block_line("after", after), _block_line("test figures", tests),
@@ -466,7 +468,7 @@ def profile_cmd(
     format: str = typer.Option("md", "--format", "-f", help="md | json"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (all: the .md; its .json is written beside)"),
     before: Optional[List[Path]] = typer.Option(None, "--before", help="all: JSON(s) a `profile all` wrote at older code: the before column (repeatable, merged)"),
-    only: str = typer.Option("both", "--only", help="all: report | tests (measure one part, keep the other)"),
+    only: str = typer.Option("both", "--only", help="all: report | tests (measure one part, keep the other) | none (only merge --before and re-render)"),
     names: Optional[str] = typer.Option(None, "--names", help="all: comma list of report measurements to redo (others are kept)"),
 ):
     """Count kernel launches (dispatched aten ops), host syncs and FLOPs per training
@@ -483,8 +485,8 @@ def profile_cmd(
 
         if out is None or out.suffix != ".md":
             raise JoinbenchError("profile all writes a report: give --out FILE.md (e.g. --out reports/launches.md).")
-        if only not in ("both", "report", "tests"):
-            raise JoinbenchError(f"--only must be report or tests, got {only!r}.")
+        if only not in ("both", "report", "tests", "none"):
+            raise JoinbenchError(f"--only must be report, tests or none (re-render with --before), got {only!r}.")
         json_path = out.with_suffix(".json")
         report = _read_json(json_path) if json_path.is_file() else {}
         if "after" not in report and "results" in report:  # an older layout
@@ -492,6 +494,7 @@ def profile_cmd(
         if before:
             blocks = [_as_block(_read_json(path)) for path in before]
             report["before"] = {"environment": blocks[0]["environment"], "from": [str(p) for p in before],
+                                "command": blocks[0].get("command"),
                                 "results": {k: v for b in blocks for k, v in b["results"].items()}}
             report["before"]["results"] = {k: report["before"]["results"][k] for k in REPORT
                                            if k in report["before"]["results"]}  # the report's order
@@ -503,16 +506,16 @@ def profile_cmd(
                 raise JoinbenchError(f"--names: unknown measurement {unknown[0]!r}.{did_you_mean(unknown[0], REPORT)} "
                                      f"Use some of: {', '.join(REPORT)}.")
             chosen = {n: REPORT[n] for n in wanted}
+        command = _typed_command() or f"joinbench profile all --out {out}"
         if only in ("both", "report"):
             kept = (report.get("after") or {}).get("results", {}) if names else {}
-            block = measure_block(chosen)
+            block = {**measure_block(chosen), "command": command}
             merged = {**kept, **block["results"]}
             block["results"] = {k: merged[k] for k in REPORT if k in merged}
             report["after"] = block
         if only in ("both", "tests"):
-            report["tests"] = measure_block(TESTS)
-        report.update(format="joinbench-launches", version=2,
-                      command=_typed_command() or f"joinbench profile all --out {out}")
+            report["tests"] = {**measure_block(TESTS), "command": command}
+        report.update(format="joinbench-launches", version=2, command=command)
         write_json(json_path, report)
         write_atomic(out, report_markdown(report))
         typer.echo(f"wrote {out} and {json_path}")

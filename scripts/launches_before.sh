@@ -35,8 +35,9 @@ import json, pathlib, sys
 for path in sorted(pathlib.Path(sys.argv[1]).glob("before-*.json")):
     report = json.loads(path.read_text())
     report["after"]["environment"]["code_commit"] = sys.argv[2]
-    report["after"]["environment"]["how"] = (f"scripts/launches_before.sh: the code at {sys.argv[2]} in a git worktree, "
-                                             f"counted by joinbench/profile.py of {sys.argv[3]}")
+    report["after"]["environment"]["how"] = (f"the code at {sys.argv[2]} in a git worktree, counted by "
+                                             f"joinbench/profile.py of {sys.argv[3]}")
+    report["after"]["command"] = "bash scripts/launches_before.sh"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print("before figures:", path)
 PY
