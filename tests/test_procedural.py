@@ -137,3 +137,17 @@ def test_one_render_call_costs_under_3000_launches_and_no_host_sync(name):
             ds.render_batch_at(ds.train_seeds(gen, batch), DEVICE)
         tally = counter.snapshot()
         assert tally.ops <= 3000 and tally.syncs == 0, (batch, tally.ops, tally.sync_sites)
+
+
+def test_the_host_cpu_renders_large_calls_in_pieces_with_the_same_images(family, monkeypatch):
+    """On the host CPU a call goes in pieces (its temporaries stay small); elsewhere (CUDA, or
+    the profiler's stand-in cpu:0) in one piece: the same images either way."""
+    import joinbench.datasets.faces as faces
+    import joinbench.datasets.materials as materials
+
+    monkeypatch.setattr(materials, "CPU_PIECE_PIXELS", 2 * 64 * 64)  # 2 images a piece
+    monkeypatch.setattr(faces, "CPU_CHUNK_PIXELS", 2 * 16 * 16)
+    ds = create_dataset(family, resolution=16)
+    seeds = ds.train_seeds(torch.Generator().manual_seed(2), 5)
+    pieces, whole = ds.render_batch_at(seeds, "cpu"), ds.render_batch_at(seeds, DEVICE)
+    assert all(torch.equal(pieces[k], whole[k]) for k in whole)
