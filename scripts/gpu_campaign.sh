@@ -20,10 +20,11 @@
 # Settings (environment): STAGES (abcd), DEVICE (cuda), RES (64), BATCH (512: priors), MODEL_BATCH (64:
 # encoders and U-Nets), LIMIT (100),
 # JOIN_SET ("k=v k=v" for every JoIN run), GAIN ("images,steps" of the encoders' stage-1 gain, 8,100),
-# SHARES (a=0.45,b=0.2,c=0.35), OVERHEAD (0.5 minutes per training stage for start-up and export),
-# UNET_ARGS (more `train unet` options).
+# SHARES (a=0.45,b=0.2,c=0.35), OVERHEAD (0.5 minutes per training stage for start-up and export).
+# Each model continues with its shipped settings (the U-Net's width, levels, resolution and loss are
+# read from its sidecar); each window's trainings draw new data (--seed = the window's number).
 # The CPU smoke test of the whole campaign (scripts/smoke_campaign.sh) runs this with
-#   DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 UNET_ARGS="--lpips-weight 0"
+#   DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2
 set -uo pipefail
 minutes=${1:-9}
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ gain=${GAIN:-8,100}
 python3 -m joinbench campaign window "$minutes" --out "$window" --stages "${STAGES:-abcd}" --device "$device" \
   --resolution "${RES:-64}" --batch "${BATCH:-512}" --model-batch "${MODEL_BATCH:-64}" --limit "${LIMIT:-100}" "${sets[@]}" \
   --gain-images "${gain%,*}" --gain-steps "${gain#*,}" --shares "${SHARES:-a=0.45,b=0.2,c=0.35}" \
-  --overhead "${OVERHEAD:-0.5}" --unet-args "${UNET_ARGS:-}"
+  --overhead "${OVERHEAD:-0.5}"
 status=$?
 python3 -m joinbench campaign pack "$window" --out "$dest" || status=1
 ls -la "$dest"

@@ -13,12 +13,13 @@
 #   3. here/ (another copy of base/): FORCE=1 N=64 LIMIT=2 bash scripts/ship_campaign.sh out/*:
 #      installs, scores, reports and logs window 1.
 # The copies import their own code (PYTHONPATH; joinbench/datasets and joinbench/baselines are
-# links, as the package mapping makes them). The U-Nets train without their LPIPS-Alex term here:
-# AlexNet needs 31 px and `train unet` does not upsample 16 px images for it.
+# links, as the package mapping makes them). The tiny U-Nets train without their LPIPS-Alex term
+# (AlexNet needs 31 px; `train unet` does not upsample 16 px images), and the window continues them so.
+# MINUTES (12) is the window's budget: generous, because a loaded 2-core CPU starts each process slowly.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 root=${SMOKE_DIR:-$(mktemp -d -t joinbench-smoke-XXXX)}
-minutes=${MINUTES:-6}
+minutes=${MINUTES:-12}
 mkdir -p "$root"
 root=$(cd "$root" && pwd)
 echo "smoke campaign in $root"
@@ -61,7 +62,7 @@ cp -r "$root/base" "$root/here"
 
 # 2. the GPU window, on the CPU
 in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=0.15 \
-  SHARES=a=0.2,b=0.25,c=0.55 UNET_ARGS="--lpips-weight 0" \
+  SHARES=a=0.15,b=0.3,c=0.55 \
   OUT="$root/out" bash scripts/gpu_campaign.sh "$minutes"
 
 # 3. ship it here

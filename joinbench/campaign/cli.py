@@ -1,7 +1,6 @@
 """``joinbench campaign window|pack|ship|history``: the GPU campaign's commands (see the package docstring)."""
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,7 +25,7 @@ def _shares(text: str) -> dict[str, float]:
 
 @campaign_app.command("window")
 def window_cmd(
-    minutes: float = typer.Argument(9.0, help="the window's whole budget in minutes (at most 9.5; the device call's limit is 10)"),
+    minutes: float = typer.Argument(9.0, help="the window's whole budget in minutes (at most 9.5 on a GPU: the device call's limit is 10)"),
     out: Path = typer.Option(Path("runs/campaign/window"), "--out", "-o", help="window folder (manifest, logs, weights, runs)"),
     stages: str = typer.Option("abcd", "--stages", help="a priors, b encoders + U-Net, c join/join-s1 runs, d ablation"),
     device: str = typer.Option("cuda", "--device"),
@@ -40,7 +39,6 @@ def window_cmd(
     shares: str = typer.Option("a=0.45,b=0.2,c=0.35", "--shares", help="budget shares of stages a, b, c (d gets c's leftovers)"),
     overhead: float = typer.Option(0.5, "--overhead", help="minutes of a training stage kept for start-up and export"),
     skip_returned: bool = typer.Option(True, "--skip-returned/--redo", help="skip runs reports/priors/history.jsonl already holds for the installed priors"),
-    unet_args: str = typer.Option("", "--unet-args", help="more `train unet` options, e.g. '--lpips-weight 0' (LPIPS-Alex needs 31 px)"),
 ):
     """Run one GPU window: train from the shipped state, then evaluate, within MINUTES.
 
@@ -59,8 +57,7 @@ def window_cmd(
     seed = records[-1]["window"] + 1 if records else 1
     cfg = WindowConfig(minutes=minutes, out=str(out), stages=stages, device=device, resolution=resolution, batch=batch,
                        model_batch=model_batch, limit=limit, join_set=tuple(join_set or ()), gain_images=gain_images, gain_steps=gain_steps,
-                       shares=_shares(shares), overhead_minutes=overhead, skip_runs=skip, seed=seed,
-                       unet_args=tuple(shlex.split(unet_args)))
+                       shares=_shares(shares), overhead_minutes=overhead, skip_runs=skip, seed=seed)
     run_window(cfg)
 
 

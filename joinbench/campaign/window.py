@@ -72,10 +72,9 @@ class WindowConfig:
     skip_runs: tuple[str, ...] = ()  # run labels already returned by an earlier call
     ablation_dataset: str = ABLATION_DATASET
     seed: int = 0  # the trainings' data seed: the window's number, so each window trains on new images
-    unet_args: tuple[str, ...] = ()  # more `train unet` options (CPU smoke at 16 px: --lpips-weight 0)
 
     def check(self) -> None:
-        if not 0 < self.minutes <= 9.5:
+        if not 0 < self.minutes <= (9.5 if self.device != "cpu" else 120):
             raise JoinbenchError(f"MINUTES must be above 0 and at most 9.5 (one device call is at most 10 minutes), got {self.minutes}.")
         bad = sorted(set(self.stages) - set(STAGES))
         if bad or not self.stages:
@@ -254,6 +253,21 @@ def _train_job(window: Window, minutes: float, model: str, dataset: str, compone
     return name, argv, folder
 
 
+def unet_settings(domain: str) -> list[str]:
+    """The shipped U-Net's architecture, resolution and loss as ``train unet`` options: a window
+    continues that network with its own objective (``--init-from`` needs the same shape)."""
+    from ..gan.bank import weights_dir
+
+    sc = weights_dir() / f"{domain}-unet.json"
+    if not sc.is_file():
+        return []
+    data = json.loads(sc.read_text())
+    net, train = data.get("network") or {}, data.get("train") or {}
+    pairs = (("--width", net.get("base_width")), ("--levels", net.get("levels")),
+             ("--resolution", data.get("resolution")), ("--lpips-weight", train.get("lpips_weight")))
+    return [x for flag, v in pairs if v is not None for x in (flag, str(v))]
+
+
 def stage_a(window: Window, minutes: float) -> None:
     cfg = window.cfg
     _train_stage(window, "a", [_train_job(window, minutes, "prior", ds, comp, "--resolution", str(cfg.resolution),
@@ -266,7 +280,7 @@ def stage_b(window: Window, minutes: float) -> None:
     extra = ("--batch", str(cfg.model_batch))
     gain = ("--gain-images", str(cfg.gain_images), "--gain-steps", str(cfg.gain_steps))
     jobs = [_train_job(window, minutes, "encoder", ds, comp, *extra, *gain) for ds in DOMAINS for comp in ("all", "joint")]
-    jobs += [_train_job(window, minutes, "unet", ds, None, *extra, *cfg.unet_args) for ds in DOMAINS]
+    jobs += [_train_job(window, minutes, "unet", ds, None, *extra, *unet_settings(ds)) for ds in DOMAINS]
     _train_stage(window, "b", jobs, minutes)
 
 
@@ -275,9 +289,21 @@ def run_command(cfg: WindowConfig, run: dict[str, Any], out: Path) -> list[str]:
     argv = _joinbench("run", "--method", run["method"], "--dataset", run["dataset"], "--limit", str(cfg.limit),
                       "--batch-size", str(cfg.limit), "--resolution", str(cfg.resolution), "--device", cfg.device,
                       "--metrics", ",".join(GPU_METRICS), "--save-predictions", "--quiet", "--out", str(out))
-    for k, v in {**dict(s.split("=", 1) for s in cfg.join_set), **run["set"]}.items():
+    fields = method_fields(run["method"])
+    common = {k: v for k, v in (item.split("=", 1) for item in cfg.join_set) if k.split(".")[0] in fields}
+    for k, v in {**common, **run["set"]}.items():
         argv += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
     return argv
+
+
+def method_fields(method: str) -> set[str]:
+    """The config fields of a registered method (``--join-set`` reaches only those it has:
+    ``pti_steps`` is for ``join``, not for ``join-s1``)."""
+    import dataclasses
+
+    from ..registry import create_method
+
+    return {f.name for f in dataclasses.fields(create_method(method).config)}
 
 
 def run_stage(window: Window, stage: str, runs: list[dict[str, Any]], until: float) -> None:
