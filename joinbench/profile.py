@@ -406,7 +406,7 @@ def report_markdown(report: dict[str, Any]) -> str:
              "nothing. A count that includes them (the engine issue's 30 syncs per stage-1 step: 3 latents + 27 noise "
              "maps; about 200 per PTI step: 198 tuned tensors) is higher than the syncs here.", "",
              "| measurement | unit | ops before | ops after | non-view before | non-view after | syncs before | "
-             "syncs after | GFLOP | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "syncs after | GFLOP (before → after) | target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys([*bres, *ares]):
         b, a = bres.get(name), ares.get(name)
         r = a or b
@@ -415,14 +415,14 @@ def report_markdown(report: dict[str, Any]) -> str:
         cell = lambda x, key, d=0: _fmt(x[key], d) if x else "–"
         lines.append(f"| {name} | {r['unit']} | {cell(b, 'ops')} | {cell(a, 'ops')} | {cell(b, 'nonview_ops')} | "
                      f"{cell(a, 'nonview_ops')} | {cell(b, 'syncs', 1)} | {cell(a, 'syncs', 1)} | "
-                     f"{_fmt(r['flops'] / 1e9, 2)} | {target} |")
+                     f"{' → '.join(_fmt(x['flops'] / 1e9, 2) for x in (b, a) if x)} | {target} |")
     for label, res in (("after", ares), ("before", bres)):
         if res:
             lines += ["", f"Where the launches are ({label}; non-view ops per unit, phases two levels deep):", ""]
             lines += [f"- **{name}**: {_phases_text(r)}" for name, r in res.items()]
-    lines += ["", "Rerun: `joinbench profile all --out reports/launches.md` (keeps the before column); the before "
-              "column: `bash scripts/launches_before.sh`, then `joinbench profile all --before "
-              "/tmp/jb-before-launches.json --out reports/launches.md`. `tests/test_launches.py` recounts the small "
+    lines += ["", "Rerun: `joinbench profile all --out reports/launches.md` (keeps the before column; `--names A,B` "
+              "redoes some rows); the before column: `bash scripts/launches_before.sh`, then the `joinbench profile all "
+              "--before ... --only none` command it prints. `tests/test_launches.py` recounts the small "
               "configurations below and fails when one grows by more than 10% (`--only tests` refreshes them alone).", ""]
     if tests:
         lines.append(_table([{"test configuration": k, "command": f"`{v['command']}`", "ops": _fmt(v["ops"], 1),

@@ -41,4 +41,4 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("before-*.json")):
     path.write_text(json.dumps(report, indent=2) + "\n")
     print("before figures:", path)
 PY
-echo "then: joinbench profile all --before $out_dir/before-0.json --before $out_dir/before-1.json --before $out_dir/before-2.json --out reports/launches.md"
+echo "then: joinbench profile all --before $out_dir/before-0.json --before $out_dir/before-1.json --before $out_dir/before-2.json --only none --out reports/launches.md"
