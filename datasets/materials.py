@@ -575,9 +575,10 @@ def shade(x: Tensor, y: Tensor, normal: tuple[Tensor, Tensor, Tensor], layers: L
 
     Per sample only scalars are summed; Schlick's Fresnel is linear in F0, so
     sum F lobe = F0 sum lobe + (1 - F0) sum lobe (1 - V.H)^5, and colour enters once per light.
-    All K * S point samples are evaluated together ((B, K * S, H, W) fields: one kernel
-    per step instead of one per point sample); the sums then run point by point in the
-    same order as a loop would, so the result does not depend on that grouping."""
+    A light's S point samples are evaluated together ((B, S, H, W) fields: one kernel per
+    step instead of one per point sample; all K * S at once were 40% slower on the CPU, out
+    of cache); the sums then run point by point in the same order as a loop would, so the
+    result does not depend on that grouping."""
     b, k, s = light_pos.shape[:3]
     nx, ny, nz = normal
     vx, vy, vz = col(camera[:, 0]) - x, col(camera[:, 1]) - y, col(camera[:, 2]).expand_as(x)
@@ -588,26 +589,25 @@ def shade(x: Tensor, y: Tensor, normal: tuple[Tensor, Tensor, Tensor], layers: L
     a2 = alpha * alpha
     g1v = 2 * nv / (nv + torch.sqrt(a2 + (1 - a2) * nv * nv))
 
-    p = light_pos.reshape(b, k * s, 3, 1, 1)
-    lx, ly, lz = p[:, :, 0] - x, p[:, :, 1] - y, p[:, :, 2].expand(-1, -1, *x.shape[2:])  # (B, K * S, H, W)
-    inv2 = 1.0 / (lx * lx + ly * ly + lz * lz)
-    inv = torch.sqrt(inv2)
-    lx, ly, lz = lx * inv, ly * inv, lz * inv
-    nl = (nx * lx + ny * ly + nz * lz).clamp_min(0.0)
-    hx, hy, hz = lx + vx, ly + vy, lz + vz
-    hinv = torch.rsqrt(hx * hx + hy * hy + hz * hz)
-    nh = ((nx * hx + ny * hy + nz * hz) * hinv).clamp_min(0.0)
-    vh = ((vx * hx + vy * hy + vz * hz) * hinv).clamp(0.0, 1.0)
-    d = a2 / (math.pi * (nh * nh * (a2 - 1) + 1) ** 2)
-    g1l = 2 * nl / (nl + torch.sqrt(a2 + (1 - a2) * nl * nl))
-    # pi * F D G / (4 NL NV) * NL * E  ==  pi * F D G1v G1l / (4 NV) * E   (E = I / d^2)
-    lobe = (math.pi / 4) * d * g1l * g1v / nv * inv2
-    irradiance, grazing = nl * inv2, lobe * (1 - vh) ** 5
-
     diffuse = spec = 0.0
-    for light in range(k):
+    for light in range(k):  # a light's S point samples together: (B, S, H, W) fields
+        p = light_pos[:, light].reshape(b, s, 3, 1, 1)
+        lx, ly, lz = p[:, :, 0] - x, p[:, :, 1] - y, p[:, :, 2].expand(-1, -1, *x.shape[2:])
+        inv2 = 1.0 / (lx * lx + ly * ly + lz * lz)
+        inv = torch.sqrt(inv2)
+        lx, ly, lz = lx * inv, ly * inv, lz * inv
+        nl = (nx * lx + ny * ly + nz * lz).clamp_min(0.0)
+        hx, hy, hz = lx + vx, ly + vy, lz + vz
+        hinv = torch.rsqrt(hx * hx + hy * hy + hz * hz)
+        nh = ((nx * hx + ny * hy + nz * hz) * hinv).clamp_min(0.0)
+        vh = ((vx * hx + vy * hy + vz * hz) * hinv).clamp(0.0, 1.0)
+        d = a2 / (math.pi * (nh * nh * (a2 - 1) + 1) ** 2)
+        g1l = 2 * nl / (nl + torch.sqrt(a2 + (1 - a2) * nl * nl))
+        # pi * F D G / (4 NL NV) * NL * E  ==  pi * F D G1v G1l / (4 NV) * E   (E = I / d^2)
+        lobe = (math.pi / 4) * d * g1l * g1v / nv * inv2
+        irradiance, grazing = nl * inv2, lobe * (1 - vh) ** 5
         irr = lobe_sum = grazing_sum = 0.0
-        for i in range(light * s, (light + 1) * s):
+        for i in range(s):
             irr = irr + irradiance[:, i:i + 1]
             lobe_sum = lobe_sum + lobe[:, i:i + 1]
             grazing_sum = grazing_sum + grazing[:, i:i + 1]
