@@ -2,13 +2,13 @@
 history log and the README block. Tiny 16 px priors (tiny_world.py) stand in for shipped ones.
 
 The whole campaign end to end (training, runs, ship, reports) is the CPU smoke
-`bash scripts/smoke_campaign.sh` (test_smoke_campaign_end_to_end, marked slow)."""
+`bash scripts/smoke_campaign.sh`: it takes far longer than a test should (about 25 minutes on a
+loaded 2-core CPU), so it is a documented command, not part of the suite."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -234,21 +234,6 @@ def test_ablation_spec_of_returned_variants(tmp_path):
     assert "GPU window 3" in spec["title"] and spec["baseline"] == "JoIN"
     shutil.rmtree(variants / "JoIN")
     assert ablation_spec(variants, "materials", 3) == ""  # without the baseline there is no table
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("JOINBENCH_SMOKE") != "1", reason="the campaign's CPU smoke takes minutes: "
-                    "JOINBENCH_SMOKE=1 or `bash scripts/smoke_campaign.sh`")
-def test_smoke_campaign_end_to_end(tmp_path):
-    out = subprocess.run(["bash", str(ROOT / "scripts/smoke_campaign.sh")], env={**os.environ, "SMOKE_DIR": str(tmp_path)},
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    here = tmp_path / "here"
-    records = hist.load_history(here / "reports/priors/history.jsonl")
-    assert [r["window"] for r in records] == [0, 1]
-    assert records[1]["results"]["materials"]["join"]["albedo_lpips"][0] > 0
-    assert (here / "reports/compare-gpu/compare.md").is_file()
-    assert "Latest GPU window: 1" in (here / "README.md").read_text()
 
 
 def test_evaluation_runs_travel_and_pool_back_by_method(tmp_path):
