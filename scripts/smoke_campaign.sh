@@ -61,11 +61,24 @@ cp -r "$root/base" "$root/gpu"
 cp -r "$root/base" "$root/here"
 
 # 2. the GPU window, on the CPU
-in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=0.15 \
+in_copy "$root/gpu" env DEVICE=cpu RES=16 BATCH=8 MODEL_BATCH=8 LIMIT=2 JOIN_SET="steps=2 pti_steps=1" GAIN=1,2 OVERHEAD=1 \
   SHARES=a=0.15,b=0.3,c=0.55 \
   OUT="$root/out" bash scripts/gpu_campaign.sh "$minutes"
+
+# a failed job or run is a script or code error (a timeout only means the loaded CPU was slow)
+python3 - "$root/gpu/runs/campaign/window/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+jobs = {n: j["status"] for s in m["stages"].values() for n, j in s.get("jobs", {}).items()}
+runs = {n: r["status"] for n, r in m["runs"].items()}
+for name, status in {**jobs, **runs}.items():
+    print(f"  {name}: {status}")
+failed = [n for n, s in {**jobs, **runs}.items() if s.startswith("failed")]
+sys.exit(f"smoke: failed in the window: {', '.join(failed)} (logs: runs/campaign/window/logs/)" if failed else 0)
+PY
 
 # 3. ship it here
 in_copy "$root/here" env FORCE=1 N=64 LIMIT=2 NN_POOL=16 NOTE="smoke" bash scripts/ship_campaign.sh "$root"/out/*
 in_copy "$root/here" sed -n '/## Results: albedo LPIPS/,$p' reports/priors/history.md
-echo "smoke campaign passed: $root/here/reports/priors/history.md, $root/here/reports/compare-gpu/compare.md"
+echo "smoke campaign passed: $root/here/reports/priors/history.md" \
+  "$(ls "$root"/here/reports/compare-gpu/compare.md "$root"/here/reports/ablation-gpu/*.md 2>/dev/null | tr '\n' ' ')"

@@ -168,11 +168,17 @@ def test_fd_gate_refuses_a_worse_ratio_measured_at_the_same_n(folders, tmp_path)
 def test_install_replaces_files_and_adds_no_copies(folders, tmp_path):
     shipped, returned = folders
     dest = shutil.copytree(shipped, tmp_path / "dest")
+    new = shutil.copytree(returned, tmp_path / "new")
+    (new / "materials-shading-encoder.json").unlink()  # an export cut off before its sidecar
     before = sorted(p.name for p in dest.iterdir())
-    install(returned, dest)
+    installed = install(new, dest)
     assert sorted(p.name for p in dest.iterdir()) == before
-    for f in returned.iterdir():
-        assert (dest / f.name).read_bytes() == f.read_bytes()
+    assert "materials-shading-encoder.safetensors" not in installed
+    assert (dest / "materials-shading-encoder.safetensors").read_bytes() == \
+        (shipped / "materials-shading-encoder.safetensors").read_bytes()
+    for name in installed:
+        assert (dest / name).read_bytes() == (new / name).read_bytes()
+    assert len(installed) == len(list(new.iterdir())) - 1
 
 
 # -- the log -----------------------------------------------------------------------------------------

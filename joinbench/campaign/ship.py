@@ -152,13 +152,23 @@ def fd_gate(new: Path, shipped: Path, n: int, device: str) -> list[dict[str, Any
     return rows
 
 
-def install(new: Path, shipped: Path) -> list[str]:
-    """Copy every returned weight file and sidecar over the shipped ones (replacing, never adding copies)."""
+def exported_files(folder: Path) -> list[str]:
+    """The sidecars in ``folder`` and the weight files each names, in that order per model: a
+    weight file without its sidecar (an export cut off before the sidecar was written) is not
+    part of an export, and is never shipped."""
     names = []
-    for f in sorted(new.iterdir()):
-        if f.is_file() and f.suffix in (".safetensors", ".json"):
-            shutil.copy2(f, shipped / f.name)
-            names.append(f.name)
+    for sc, data in _sidecars(folder):
+        files = data.get("files") or {"weights": data.get("file")}
+        names += [str(f) for f in files.values() if f and (folder / str(f)).is_file()] + [sc.name]
+    return names
+
+
+def install(new: Path, shipped: Path) -> list[str]:
+    """Copy every returned export (sidecar + its weight files) over the shipped files, replacing
+    them, never adding copies; weight files no sidecar names stay behind."""
+    names = exported_files(new)
+    for name in names:
+        shutil.copy2(new / name, shipped / name)
     return names
 
 

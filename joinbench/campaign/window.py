@@ -206,20 +206,18 @@ def _run_all(window: Window, jobs: list[tuple[str, list[str]]], seconds: float) 
 
 
 def _collect(window: Window, folder: Path) -> list[str]:
-    """Copy a training run's exports (safetensors + sidecars, never checkpoints) into the
-    window's weights/ (returned) and the machine's joinbench/weights (used by later stages)."""
-    from ..gan.bank import weights_dir
+    """Copy a training run's complete exports (each sidecar and the weight files it names; never
+    checkpoints, never weights whose sidecar was not written) into the window's weights/
+    (returned) and the machine's joinbench/weights (used by later stages)."""
     from ..env import make_folder
+    from ..gan.bank import weights_dir
+    from .ship import exported_files
 
     dest = make_folder(window.root / "weights")
-    names = []
-    for f in sorted(folder.glob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".json") and f.name not in ("state.json", "manifest.json"):
-            if f.suffix == ".json" and json.loads(f.read_text()).get("format") is None:
-                continue  # a log or config, not a sidecar
-            shutil.copy2(f, dest / f.name)
-            shutil.copy2(f, weights_dir() / f.name)
-            names.append(f.name)
+    names = exported_files(folder)
+    for name in names:
+        shutil.copy2(folder / name, dest / name)
+        shutil.copy2(folder / name, weights_dir() / name)
     return names
 
 
