@@ -246,7 +246,7 @@ def check_banks(runs: dict[str, Any], resolution: int) -> None:
                                  "(fingerprints differ); ship the window that made it, or rerun it.")
 
 
-def ablation_spec(variants_dir: Path, dataset: str, window: int) -> str:
+def ablation_spec(variants_dir: Path, dataset: str, window: int, images: int = 100) -> str:
     """The default ablation spec with each variant's method replaced by its returned predictions
     (variants that have none yet are left out; empty text without the baseline's)."""
     import tomllib
@@ -259,7 +259,7 @@ def ablation_spec(variants_dir: Path, dataset: str, window: int) -> str:
     if spec["baseline"] not in have:
         return ""  # every comparison is against the baseline: without it there is no table yet
     q = json.dumps  # a TOML basic string is a JSON string
-    lines = [f"title = {q(spec.get('title', 'JoIN ablations') + f' (GPU window {window}, 100 test images, scored on the CPU)')}",
+    lines = [f"title = {q(spec.get('title', 'JoIN ablations') + f' (GPU window {window}, {images} test images, scored on the CPU)')}",
              f"baseline = {q(spec['baseline'])}", f"metrics = {q(spec['metrics'])}", ""]
     for v in spec["variant"]:
         folder = variants_dir / _slug(v["name"])
@@ -309,7 +309,7 @@ def score(window_dir: Path, window: int, limit: int, resolution: int, reports: P
     write_atomic(dest / "provenance.md", provenance(window, runs, "c"))
     variants = pred / "ablation"
     ds = next((r["dataset"] for r in runs.values() if r.get("variant")), "materials")
-    spec_text = ablation_spec(variants, ds, window) if variants.is_dir() else ""
+    spec_text = ablation_spec(variants, ds, window, limit) if variants.is_dir() else ""
     if spec_text.count("[[variant]]") >= 2:
         spec = window_dir / "ablation-spec.toml"
         write_atomic(spec, spec_text)
@@ -347,7 +347,7 @@ def provenance(window: int, runs: dict[str, Any], stage: str) -> str:
         if run.get("stage") != stage:
             continue
         env = run.get("summary_environment") or {}
-        lines.append(f"- **{label}**: `joinbench {run.get('command', '?')}` on {env.get('device_name', '?')}, commit "
+        lines.append(f"- **{label}**: `{run.get('command', '?')}` on {env.get('device_name', '?')}, commit "
                      f"{str(env.get('commit', '?'))[:12]}, {run.get('seconds', '?')} s"
                      + (f" (the same run as {run['same_as']})" if run.get("same_as") else ""))
     return "\n".join(lines) + "\n"

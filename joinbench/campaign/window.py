@@ -7,7 +7,7 @@ so that one device call of at most 10 also installs, packs and returns) among fo
   and faces, ``--component all`` (three GANs in one process) and ``joint``, four processes at once;
 - **b**: the encoders against the new priors and the U-Nets (``--init-from shipped`` each), six
   processes at once; a stage's trainings stop by ``--minutes`` and export;
-- **c**: with the time left, ``join`` and ``join-s1`` on the 100-image test splits (``RUN_ORDER``),
+- **c**: with the time left, ``join`` and ``join-s1`` on the 100-image test splits (``RUN_DATASETS``),
   ``--save-predictions``, scored on the GPU with every metric that needs no ImageNet weights (the
   exact fp32 LPIPS is computed where the window is shipped, from the predictions);
 - **d**: then the default ablation spec's variants on ``materials``, the same way.
