@@ -266,3 +266,24 @@ def test_evaluation_runs_travel_and_pool_back_by_method(tmp_path):
     names = sorted(p.name for p in (tmp_path / "win" / "pred" / "trivial").glob("*.npz"))
     assert names == ["materials-00000.npz", "materials-00001.npz"]
     assert sorted(p.name for p in (tmp_path / "win" / "pred" / "ablation" / "base").glob("*.npz")) == names
+
+
+def test_ship_refuses_a_window_whose_priors_got_worse_and_installs_nothing(folders, tmp_path, monkeypatch):
+    import joinbench.gan.bank as gan_bank
+    from joinbench.campaign.ship import ShipConfig, ship
+
+    shipped = shutil.copytree(folders[0], tmp_path / "shipped")
+    for c in ("albedo", "shading", "specular"):  # shipped figures no returned prior can beat
+        sc = shipped / f"materials-{c}.json"
+        sc.write_text(json.dumps({**json.loads(sc.read_text()), "fd_ratio": 1e-9, "fd_n": 8}))
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    window = tmp_path / "window"
+    shutil.copytree(folders[1], window / "weights")
+    (window / "manifest.json").write_text(json.dumps({"config": {"resolution": 16}, "runs": {}}))
+    pack_window(window, tmp_path / "out")
+    monkeypatch.setattr(gan_bank, "weights_dir", lambda: shipped)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JoinbenchError, match="Refused: the FD ratio of materials-albedo, materials-shading, materials-specular"):
+        ship(ShipConfig(files=tuple(map(str, (tmp_path / "out").iterdir())), fd_n=8, nn_pool=0))
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+    assert not (tmp_path / "reports").exists()
