@@ -502,11 +502,27 @@ def refuse_optimizer(opt: torch.optim.Optimizer, **options: Any) -> torch.optim.
 # FLOPs
 # -----------------------------------------------------------------------------------------
 def op_flops(packet, args, kwargs, out) -> int:
-    """FLOPs of one dispatched op by torch.utils.flop_counter's formula; 0 without one."""
+    """FLOPs of one dispatched op by torch.utils.flop_counter's formula; 0 without one.
+
+    One correction: torch's formula for the weight gradient of a *grouped* convolution
+    (``aten.convolution_backward`` with ``groups`` > 1) counts every group against every
+    other, ``groups`` times the true work (it ignores the argument). The fused bank runs
+    its G networks as grouped convolutions, so uncorrected the bank's training and PTI steps
+    read up to G times their FLOPs in the weight-gradient share. The weight-gradient term is
+    counted alone and divided by ``groups`` here; the input gradient is right as it is.
+    """
     from torch.utils.flop_counter import flop_registry
 
     formula = flop_registry.get(packet)
-    return int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+    if formula is None:
+        return 0
+    if packet is torch.ops.aten.convolution_backward:
+        groups, mask = args[9], list(args[10])
+        if groups > 1 and mask[1]:
+            def part(m: list[bool]) -> int:
+                return int(formula(*args[:10], m, *args[11:], **kwargs, out_val=out))
+            return part([mask[0], False, False]) + part([False, True, False]) // groups
+    return int(formula(*args, **kwargs, out_val=out))
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:

@@ -207,3 +207,24 @@ def test_counts_do_not_grow_over_the_committed_figures(name):
         assert got[key] <= want[key] * GROWTH + 1e-9, (
             f"{name}: {key} per {got['unit']} grew from {want[key]:.1f} to {got[key]:.1f} "
             f"(allowed {GROWTH - 1:.0%}){fix}")
+
+
+def test_grouped_conv_flops_equal_the_separate_convs():
+    """A grouped convolution does the work of its groups run apart, forward and backward.
+    torch's own formula counts a grouped conv's weight gradient ``groups`` times over; the
+    fused bank is grouped convolutions, so its FLOPs would read up to G times too high."""
+    g = 3
+    torch.manual_seed(0)
+    x = torch.randn(2, g * 4, 8, 8, requires_grad=True)
+    w = torch.randn(g * 6, 4, 3, 3, requires_grad=True)
+
+    def grouped():
+        torch.nn.functional.conv2d(x, w, padding=1, groups=g).square().sum().backward()
+
+    def apart():
+        for xi, wi in zip(x.chunk(g, 1), w.chunk(g, 0)):
+            torch.nn.functional.conv2d(xi, wi, padding=1).square().sum().backward()
+
+    conv_flops = 2 * 8 * 8 * 9 * 4 * 6 * 2  # per group and pass: 2 MACs-as-FLOPs x pixels x taps x c_in x c_out x batch
+    assert count_flops(grouped)[0] == count_flops(apart)[0] == g * 3 * conv_flops  # forward, grad input, grad weight
+    assert count_launches(grouped).flops == g * 3 * conv_flops

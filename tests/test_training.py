@@ -91,3 +91,23 @@ def test_pool_settings_are_checked(faces):
     state = pool.state()
     with pytest.raises(ValueError, match="data pool"):
         _pool(faces, size=10).load_state(state)
+
+
+def test_history_names_an_unrecorded_dirty_tree_in_words():
+    """A sidecar from before commits carried their diff's hash says ``<sha>+dirty``; a run
+    continuing it must not pass that bare marker on as a commit (the shipped encoders and U-Net
+    were such sidecars)."""
+    from joinbench.training.sidecar import history_of, init_record
+
+    legacy = {"images_seen": 4160, "wall_time_s": 3007.8, "created": "2026-11-26T20:00:00+00:00",
+              "device": "cpu", "commit": "4272ba0cc417cb3e926d0929c0158d9b3eec83f6+dirty"}
+    (entry,) = history_of(legacy)
+    assert entry["commit"] == "4272ba0cc417cb3e926d0929c0158d9b3eec83f6" and "not recorded" in entry["tree"]
+    assert entry["images"] == 4160
+    newer = {"date": "2026-12-03", "images": 8, "commit": "abc+dirty.0123456789ab"}
+    recorded = {"commit": newer["commit"], "history": [newer, legacy]}
+    kept, legacy_again = history_of(recorded)
+    assert kept["commit"] == "abc+dirty.0123456789ab" and "tree" not in kept  # a diff hash names the code
+    assert legacy_again["commit"] == "4272ba0cc417cb3e926d0929c0158d9b3eec83f6"
+    assert init_record(legacy, "shipped")["history"][0]["commit"].endswith("3f6")
+    assert history_of({"images_seen": 0}) == []

@@ -50,14 +50,26 @@ def history_of(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs behind an exported model: its ``history``, or for a sidecar written before
     histories existed one entry rebuilt from its own fields."""
     if isinstance(sidecar.get("history"), list):
-        return [dict(h) for h in sidecar["history"]]
+        return [_legacy_commit(dict(h)) for h in sidecar["history"]]
     images = int(sidecar.get("images_seen") or 0)
     if not images:
         return []
     wall = sidecar.get("wall_time_s")
-    return [{"date": sidecar.get("created"), "device": sidecar.get("device"), "images": images, "wall_time_s": wall,
+    entry = {"date": sidecar.get("created"), "device": sidecar.get("device"), "images": images, "wall_time_s": wall,
              "commit": sidecar.get("commit"), "images_per_s": sidecar.get("throughput_images_per_s"),
-             "init_from": None}]
+             "init_from": None}
+    return [_legacy_commit(entry)]
+
+
+def _legacy_commit(entry: dict[str, Any]) -> dict[str, Any]:
+    """Sidecars written before commits recorded their diff say ``<sha>+dirty``: the training ran
+    on uncommitted changes that nobody can name any more. The history keeps the commit and says
+    so in words, instead of passing the bare marker on as if it identified code."""
+    commit = str(entry.get("commit") or "")
+    if commit.endswith("+dirty"):
+        entry["commit"] = commit.removesuffix("+dirty")
+        entry["tree"] = "uncommitted changes on top of this commit; their diff was not recorded"
+    return entry
 
 
 def init_record(sidecar: dict[str, Any], source: str | Path, **extra: Any) -> dict[str, Any]:
