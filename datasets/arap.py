@@ -68,6 +68,8 @@ class ARAPDataset(FileDataset):
     geometry = "stretch"
     layers_are_linear = True
     references = ("arap",)
+    benchmark_metrics = ("arap-careaga-lmse", "arap-careaga-rmse", "arap-careaga-ssim",
+                         "arap-luo-si-mse", "arap-luo-si-lmse", "arap-luo-dssim")
     licence = "ARAP (Bonneel et al. 2017): see the dataset's own terms"
     description = ("ARAP synthetic scenes: PATH/input/<name>.png, reflectance/<scene>_albedo.png, shading/<name>_shading.png, "
                    "mask/<scene>_alpha.png; protocols arap-careaga-* and arap-luo-*")

@@ -68,6 +68,11 @@ class Dataset(ABC):
     domain: str | None = None  # "materials", "faces": whose priors / U-Net weights suit these images
     has_ground_truth: bool = True
     references: tuple[str, ...] = ()  # annotation kinds a benchmark hands its metrics ("iiw", "maw", "arap")
+    # The metrics a benchmark is scored by in the literature (IIW: WHDR, ...), scored when the user
+    # names none; with keeps_harness_metrics they are added to the harness's own defaults instead
+    # of replacing them (MIT: its LMSE beside the dense metrics). See default_metrics.
+    benchmark_metrics: tuple[str, ...] = ()
+    keeps_harness_metrics: bool = False
     forward_model_name: str = "reinhard"
     colour_space: str = "display images: Reinhard s=4; components: linear"
     source: str = ""
@@ -115,6 +120,21 @@ class Dataset(ABC):
         if pending:
             yield Batch.collate(pending)
 
+    def default_metrics(self, harness: tuple[str, ...]) -> tuple[str, ...]:
+        """The metrics a run on this dataset scores when the user gives no ``--metrics``.
+
+        ``harness`` is the command's own default (``run``: the dense metrics of
+        :data:`joinbench.plan.DEFAULT_METRICS`; ``compare`` / ``ablate``: the table's). A benchmark
+        with its own protocol declares :attr:`benchmark_metrics`, because the harness default
+        would score only the re-render on photos without dense ground truth, which tells nothing
+        about the decomposition (Retinex re-renders exactly). Datasets that declare none keep
+        ``harness`` unchanged, so their runs keep their reuse keys."""
+        if not self.benchmark_metrics:
+            return tuple(harness)
+        if self.keeps_harness_metrics:
+            return tuple(dict.fromkeys((*harness, *self.benchmark_metrics)))
+        return tuple(self.benchmark_metrics)
+
     def fingerprint(self) -> str | None:
         """A hash of what determines the images beyond the name, resolution and seed (e.g. the
         files a folder holds), so finished results are reused only for the same images; None
@@ -133,6 +153,8 @@ class Dataset(ABC):
             "colour_space": self.colour_space,
             "source": self.source,
             "licence": self.licence,
+            # what a run scores without --metrics (only where the dataset declares its protocol)
+            **({"benchmark_metrics": list(self.benchmark_metrics)} if self.benchmark_metrics else {}),
         }
 
 

@@ -336,6 +336,8 @@ class MITDataset(FileDataset):
     example = "/path/to/MIT-intrinsic/data"
     image_is_linear = True
     layers_are_linear = True
+    benchmark_metrics = ("lmse-mit",)  # the field's MIT LMSE, beside the harness's dense metrics
+    keeps_harness_metrics = True
     licence = "MIT Intrinsic Images (Grosse et al., ICCV 2009): see the dataset's own terms"
     description = ("MIT Intrinsic Images in PATH/<object>/original.png, reflectance.png, shading.png[, specular.png, "
                    "mask.png]; files assumed linear, image = forward model display(original)")

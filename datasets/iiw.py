@@ -130,6 +130,7 @@ class IIWDataset(FileDataset):
     geometry = "stretch"
     split: str | None = None  # a shipped split name, or None for every photo
     references = ("iiw",)
+    benchmark_metrics = ("whdr", "whdr-20", "whdr-eq", "whdr-ineq")
     forward_model_name = "reinhard"
     licence = "IIW photos: Flickr, Creative Commons licences per photo (see the release)"
     description = ("Intrinsic Images in the Wild: PATH/data/<id>.png + <id>.json judgements; no dense ground truth, "

@@ -101,6 +101,7 @@ class MAWDataset(FileDataset):
     example = "/path/to/MAW"
     geometry = "stretch"
     references = ("maw",)
+    benchmark_metrics = ("maw-intensity", "maw-chromaticity")
     licence = "MAW (Wu et al. 2023): see the dataset's own terms"
     description = ("Measured Albedo in the Wild: PATH/labels/meta.csv, region masks + measured colours, photos in "
                    "PATH/images_png/<category>/<name>.png; scored by maw-intensity / maw-chromaticity")

@@ -35,6 +35,7 @@ class AblationSettings:
     seed: int = 0
     out: Path | None = None  # default runs/ablate/<spec>-<dataset>
     overrides: dict[str, str] = field(default_factory=dict)  # --set for every variant, under its own set
+    metrics: tuple[str, ...] | None = None  # --metrics: over the spec's; neither: the dataset's default
     progress: bool = True
     command: str = ""  # recorded at the top of ablation.md
     check_only: bool = False  # validate and plan, run nothing
@@ -49,11 +50,16 @@ def plan_ablation(settings: AblationSettings):
     spec = load_spec(settings.spec)
     check_spec(spec, settings.overrides)
     common = SuiteSettings(limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
-                           resolution=settings.resolution, seed=settings.seed, metrics=spec.metrics,
+                           resolution=settings.resolution, seed=settings.seed,
+                           metrics=settings.metrics if settings.metrics is not None else spec.metrics,
                            progress=settings.progress)
     check_common(common)
     dataset = suite_dataset(settings.dataset, common)
     ctx = distributed.init(settings.device)
+    if (settings.metrics is None and spec.metrics and dataset.benchmark_metrics and not dataset.keeps_harness_metrics
+            and not set(spec.metrics) & set(dataset.benchmark_metrics) and ctx.is_main):
+        print(f"note: {settings.dataset} is scored by {','.join(dataset.benchmark_metrics)} in the literature, but the spec "
+              f"names {','.join(spec.metrics)}; pass --metrics {','.join(dataset.benchmark_metrics)} to score those.")
     device = run_device(settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "ablate" / f"{slug(spec.stem, 48)}-{slug(settings.dataset, 48)}"
     check_out(out)
@@ -90,7 +96,8 @@ def ablation_report(spec: AblationSpec, settings: AblationSettings, outcomes: li
 
     labels = [o.plan.label for o in outcomes]
     summaries = [o.summary for o in outcomes]
-    frame, ci, best, directions = results_frames(labels, summaries, spec.metrics)
+    metrics = outcomes[0].plan.metrics  # --metrics, the spec's, or the dataset's default
+    frame, ci, best, directions = results_frames(labels, summaries, metrics)
     n = outcomes[0].plan.images
     ids = {dataset.sample_id(i) for i in range(n)}
     values = {o.plan.label: per_image_values(o.plan.run_dir, ids) for o in outcomes}
@@ -140,12 +147,12 @@ def ablation_report(spec: AblationSpec, settings: AblationSettings, outcomes: li
     data = {
         "title": spec.title, "dataset": settings.dataset, "command": settings.command, "spec_source": spec.source,
         "spec": spec.text, "code": code, "wall_seconds": wall, "images": n, "resolution": settings.resolution,
-        "seed": settings.seed, "metrics": list(spec.metrics),
+        "seed": settings.seed, "metrics": list(metrics),
         "variants": [{"name": o.plan.label, "group": spec.variant(o.plan.label).group, "method": o.plan.method_name,
                       "set": o.plan.overrides, "baseline": spec.variant(o.plan.label).baseline,
                       "description": spec.variant(o.plan.label).description,
                       "run_dir": str(o.plan.run_dir), "reused": o.reused, "command": o.plan.command,
-                      "results": {c: {m: o.summary["results"].get(c, {}).get(m) for m in spec.metrics}
+                      "results": {c: {m: o.summary["results"].get(c, {}).get(m) for m in metrics}
                                   for c in o.summary["results"]}} for o in outcomes],
         "comparisons": comparisons,
         "table": {f"{component_title(c)} {m}": {l: {"mean": frame.loc[l, (c, m)], "ci": list(ci.loc[l, (c, m)]),

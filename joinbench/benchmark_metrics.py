@@ -96,19 +96,26 @@ def score_references(batch, dec, metrics: list, unscorable: list[set[str]]) -> d
     """{component: {metric name: per-image values}} of the reference metrics among ``metrics``.
 
     ``unscorable[i]``: the components image ``i`` has no prediction for (failed image: every
-    component). An image without the metric's reference, or without that prediction, gets NaN."""
+    component). An image without the metric's reference, or without that prediction, gets NaN.
+    A prediction the method made at its own size (``dec.extras["native"][id][component]``,
+    e.g. ``predictions:DIR`` at the photo's size) is scored as it is, not at the run's size."""
     rows: dict[str, dict[str, list[float]]] = {}
+    native = dec.extras.get("native", {})
     for m in metrics:
         if m.space != REFERENCE_SPACE:
             continue
         refs = [(meta or {}).get("references", {}).get(m.reference) for meta in (batch.meta or [{}] * len(batch))]
         ok = [i for i, ref in enumerate(refs) if ref is not None and m.component not in unscorable[i]]
+        own = {i: native[batch.ids[i]][m.component] for i in ok if m.component in native.get(batch.ids[i], {})}
+        ok = [i for i in ok if i not in own]
         values = [math.nan] * len(batch)
         if ok:
             pred = dec.component(m.component)
             out = m(pred[ok], [refs[i] for i in ok])
             for j, i in enumerate(ok):
                 values[i] = float(out[j])
+        for i, pred in own.items():
+            values[i] = float(m(pred[None], [refs[i]])[0])
         rows.setdefault(m.component, {})[m.name] = values
     return rows
 

@@ -63,7 +63,7 @@ def run_cmd(
     seed: int = typer.Option(0, "--seed", help="test-split seed"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<time>-<method>-<dataset>); rerun into it to resume"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a method setting: key=value (repeatable)"),
-    metrics: str = typer.Option("default", "--metrics", help="comma list, 'default' or 'none' (score later with --method predictions:RUN/predictions)"),
+    metrics: str = typer.Option("default", "--metrics", help="comma list, 'default' (the dataset's benchmark metrics, e.g. whdr* on iiw:, else mse,psnr,ssim,lpips,si-mse,si-lmse,lmse,dssim) or 'none' (score later with --method predictions:RUN/predictions)"),
     save_predictions: bool = typer.Option(False, "--save-predictions", help="keep every prediction (lossless npz) in RUN/predictions"),
     grid_images: int = typer.Option(8, "--grid-images", help="rows in grid.png"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),

@@ -1,7 +1,9 @@
 """``joinbench compare``: methods x datasets, one report with a table and a figure per dataset.
 
-Datasets without ground truth get the re-render metrics and the figure (the layers are
-judged by eye). Runs are planned, reused and resumed as every suite's (:mod:`joinbench.suite`).
+Without ``--metrics`` each dataset is scored by its own default (:func:`joinbench.plan.run_metrics`):
+a benchmark by its protocol (WHDR on ``iiw:``, ...), other datasets by the table's metrics.
+Datasets without ground truth and without a benchmark protocol get the re-render metrics and
+the figure (the layers are judged by eye). Runs are planned, reused and resumed as every suite's (:mod:`joinbench.suite`).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class CompareSettings:
     device: str = "auto"
     resolution: int = 64
     seed: int = 0
-    metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS
+    metrics: tuple[str, ...] | None = None  # None: each dataset's own (WHDR on iiw:, ...; else the table's default)
     out: Path | None = None  # default runs/compare
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> --set
     grid_images: int = 4  # images per dataset figure
@@ -62,7 +64,7 @@ def plan_comparison(settings: CompareSettings):
     """Check every method (with its overrides), dataset and metric, then plan the runs
     (dataset-major, methods in the given order). Returns (plans by dataset, datasets, out, ctx, device)."""
     from . import distributed
-    from .plan import check_scorable
+    from .plan import check_scorable, run_metrics
     from .registry import create_method
 
     if not settings.datasets or not settings.methods:
@@ -72,14 +74,14 @@ def plan_comparison(settings: CompareSettings):
         if dup:
             raise JoinbenchError(f"--{what}s lists {', '.join(dup)} twice.")
     common = SuiteSettings(limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
-                           resolution=settings.resolution, seed=settings.seed, metrics=tuple(settings.metrics),
-                           progress=settings.progress)
+                           resolution=settings.resolution, seed=settings.seed,
+                           metrics=None if settings.metrics is None else tuple(settings.metrics), progress=settings.progress)
     check_common(common)
     for m in settings.methods:
         create_method(m, **settings.overrides.get(m, {}))  # unknown names and settings fail here
     datasets = {d: suite_dataset(d, common) for d in settings.datasets}
     for d, ds in datasets.items():
-        check_scorable(d, ds, common.metrics)
+        check_scorable(d, ds, run_metrics(common.metrics, ds, DEFAULT_TABLE_METRICS))
     ctx = distributed.init(settings.device)
     device = run_device(settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"
@@ -116,6 +118,9 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
     """compare.md text, CSV rows and JSON data; writes one figure per dataset."""
     import pandas as pd
 
+    from .benchmark_metrics import REFERENCE_SPACE
+    from .registry import create_metric
+
     md = [f"# {settings.title}", "", f"Made with `{settings.command or 'the Python API (joinbench.compare.run_comparison)'}`.", "",
           environment_line(ctx, device, code, wall, outcomes), "",
           "Each cell: mean over the test images with its 95% bootstrap interval; ↓ lower is better, ↑ higher is "
@@ -127,14 +132,20 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
     for name, ds in datasets.items():
         group = [o for o in outcomes if o.plan.dataset_name == name]
         labels = [o.plan.method_name for o in group]
-        frame, ci, best, directions = results_frames(labels, [o.summary for o in group], tuple(settings.metrics))
+        frame, ci, best, directions = results_frames(labels, [o.summary for o in group], group[0].plan.metrics)
         n = group[0].plan.images
         gt = ds.has_ground_truth
-        md += [f"## {name}" + ("" if gt else " (no ground truth)"), "",
-               f"{images_text(n).capitalize()} at {settings.resolution} px, seed {settings.seed}. " + (
-                   "" if gt else "Without ground truth only the re-render is scored: it measures how well the "
-                   "predicted layers recompose the photo, not whether they are right (a method can re-render well by "
-                   "putting everything into one layer), so judge the layers in the figure."), ""]
+        refs = [m for m in group[0].plan.metrics if create_metric(m).space == REFERENCE_SPACE]
+        if gt:
+            note, heading = "", ""
+        elif refs:
+            note, heading = (f"No dense ground truth: the albedo is scored against this benchmark's own annotations "
+                             f"({', '.join(refs)}), each column heading naming its protocol."), " (no dense ground truth)"
+        else:
+            note, heading = ("Without ground truth only the re-render is scored: it measures how well the "
+                             "predicted layers recompose the photo, not whether they are right (a method can re-render "
+                             "well by putting everything into one layer), so judge the layers in the figure."), " (no ground truth)"
+        md += [f"## {name}{heading}", "", f"{images_text(n).capitalize()} at {settings.resolution} px, seed {settings.seed}. " + note, ""]
         md += [table_markdown(frame, ci, best, directions, [("method", labels)]), ""]
         fig = _comparison_figure(ds, group, out / "figures" / f"{slug(name, 48)}.png", settings.grid_images)
         if fig is not None:

@@ -57,7 +57,7 @@ class RunSettings:
     seed: int = 0
     out: Path | None = None
     overrides: dict[str, str] = field(default_factory=dict)
-    metrics: tuple[str, ...] | None = None  # None: defaults; (): score nothing
+    metrics: tuple[str, ...] | None = None  # None: the dataset's (run_metrics); (): score nothing
     save_predictions: bool = False
     grid_images: int = DEFAULT_GRID_IMAGES
     progress: bool = True
@@ -172,6 +172,15 @@ def _settings_note(name: str, method: "Method", changes: dict[str, Any], device:
     return f"{name} on {where}: {told} (a quicker, rougher run; the defaults are {defaults}, which a GPU runs)"
 
 
+def run_metrics(metrics: tuple[str, ...] | None, dataset: "Dataset",
+                harness: tuple[str, ...] = DEFAULT_METRICS) -> tuple[str, ...]:
+    """The metrics a run scores: those the user named, else the dataset's default
+    (:meth:`Dataset.default_metrics`: a benchmark's own protocol, e.g. WHDR on IIW, or
+    ``harness``, the command's default: ``run``'s dense metrics, the suites' table metrics).
+    The only place a default metric list is chosen."""
+    return dataset.default_metrics(tuple(harness)) if metrics is None else tuple(metrics)
+
+
 def check_scorable(dataset_name: str, dataset: "Dataset", metric_names) -> None:
     """Without ground truth only the re-render is scored, by encoded-space metrics, plus the
     benchmark metrics whose annotations the dataset declares (``Dataset.references``: WHDR on
@@ -195,10 +204,12 @@ def check_scorable(dataset_name: str, dataset: "Dataset", metric_names) -> None:
 
 # -- the run ------------------------------------------------------------------------------
 def plan_run(settings: RunSettings, *, dataset: "Dataset | None" = None, device: torch.device | None = None,
-             root: Path | None = None, code: dict[str, str] | None = None, label: str = "") -> PlannedRun:
-    """Plan ``settings``: prepare the method, fix the effective limit, the identity and reuse
-    key, the folder and the command. ``dataset`` and ``device`` are made from the settings when
-    not given. ``root``: key the folder (``root/runs/<method>-<dataset>-<hash of the key>``), as
+             root: Path | None = None, code: dict[str, str] | None = None, label: str = "",
+             harness_metrics: tuple[str, ...] = DEFAULT_METRICS) -> PlannedRun:
+    """Plan ``settings``: prepare the method, fix the metrics (``settings.metrics``, else the
+    dataset's default over ``harness_metrics``: :func:`run_metrics`), the effective limit, the
+    identity and reuse key, the folder and the command. ``dataset`` and ``device`` are made
+    from the settings when not given. ``root``: key the folder (``root/runs/<method>-<dataset>-<hash of the key>``), as
     the suites do, so a finished run is found again; otherwise ``settings.out`` or a new
     timestamped folder. ``code``: the code version the key names (default: this checkout's;
     ``--runs-from`` passes an older one)."""
@@ -210,7 +221,7 @@ def plan_run(settings: RunSettings, *, dataset: "Dataset | None" = None, device:
         raise JoinbenchError(f"--grid-images must be 0 or more, got {settings.grid_images}.")
     device = device if device is not None else run_device(settings.device)
     dataset = dataset if dataset is not None else open_dataset(settings.dataset, settings.resolution, settings.seed)
-    metrics = DEFAULT_METRICS if settings.metrics is None else tuple(settings.metrics)
+    metrics = run_metrics(settings.metrics, dataset, harness_metrics)
     check_scorable(settings.dataset, dataset, metrics)
     from .registry import create_metric
 
@@ -271,4 +282,4 @@ def _norm(obj: Any) -> Any:
 
 
 __all__ = ["DEFAULT_METRICS", "PlannedRun", "RunSettings", "check_scorable", "code_version", "default_run_dir",
-           "open_dataset", "plan_run", "prepare_method", "run_command", "run_device", "slug"]
+           "open_dataset", "plan_run", "prepare_method", "run_command", "run_device", "run_metrics", "slug"]

@@ -39,7 +39,7 @@ class AblationSpec:
 
     title: str
     variants: tuple[Variant, ...]
-    metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS
+    metrics: tuple[str, ...] | None = None  # None: the dataset's default (plan.run_metrics over DEFAULT_TABLE_METRICS)
     description: str = ""
     source: str = ""  # file path, or "shipped spec NAME"
     stem: str = "ablation"  # names the default output folder
@@ -144,10 +144,10 @@ def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> Abl
     for key in ("title", "description", "baseline"):
         if key in data and not isinstance(data[key], str):
             raise JoinbenchError(f"{where}: {key!r} must be a string, got {_kind(data[key])}.")
-    metrics = data.get("metrics", list(DEFAULT_TABLE_METRICS))
-    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+    metrics = data.get("metrics")  # absent: each dataset's default (WHDR on iiw:, else DEFAULT_TABLE_METRICS)
+    if metrics is not None and (not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics)):
         raise JoinbenchError(f"{where}: 'metrics' must be a non-empty array of metric names, e.g. metrics = [\"mse\", \"ssim\", \"lpips\"].")
-    twice = sorted({m for m in metrics if metrics.count(m) > 1})
+    twice = sorted({m for m in metrics or [] if metrics.count(m) > 1})
     if twice:
         raise JoinbenchError(f"{where}: 'metrics' lists {', '.join(map(repr, twice))} twice.")
     raw = data.get("variant")
@@ -192,7 +192,7 @@ def parse_spec(text: str, source: str = "<spec>", stem: str = "ablation") -> Abl
                                  f"{did_you_mean(v.baseline, names)} Variants: {', '.join(names)}.")
         # the spec-wide baseline is compared with every other variant, not with itself
         fixed.append(Variant(v.name, v.method, v.set, v.group, None if v.baseline == v.name else v.baseline, v.description))
-    return AblationSpec(title=data.get("title", "Ablations"), variants=tuple(fixed), metrics=tuple(metrics),
+    return AblationSpec(title=data.get("title", "Ablations"), variants=tuple(fixed), metrics=None if metrics is None else tuple(metrics),
                         description=data.get("description", ""), source=source, stem=stem, text=text)
 
 
@@ -208,7 +208,7 @@ def check_spec(spec: AblationSpec, overrides: dict[str, str] | None = None) -> N
             create_method(v.method, **{**(overrides or {}), **v.set})
         except JoinbenchError as exc:
             raise JoinbenchError(f"Spec {spec.source}, variant {v.name!r}: {exc}") from None
-    for m in spec.metrics:
+    for m in spec.metrics or ():
         try:
             create_metric(m)
         except JoinbenchError as exc:

@@ -40,7 +40,7 @@ class SuiteSettings:
     device: str = "auto"
     resolution: int = 64
     seed: int = 0
-    metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS
+    metrics: tuple[str, ...] | None = None  # None: each dataset's default (plan.run_metrics over the table's)
     progress: bool = True
 
 
@@ -57,9 +57,10 @@ def plan_suite_run(label: str, method: str, overrides: dict[str, str], dataset_n
     """One run of a suite, planned by the planner and keyed under ``root/runs``."""
     settings = RunSettings(method=method, dataset=dataset_name, limit=common.limit, batch_size=common.batch_size,
                            device=common.device, resolution=common.resolution, seed=common.seed,
-                           overrides=dict(overrides), metrics=tuple(common.metrics), grid_images=RUN_GRID_IMAGES,
-                           progress=common.progress)
-    return plan_run(settings, dataset=dataset, device=device, root=root, code=code, label=label)
+                           overrides=dict(overrides), metrics=None if common.metrics is None else tuple(common.metrics),
+                           grid_images=RUN_GRID_IMAGES, progress=common.progress)
+    return plan_run(settings, dataset=dataset, device=device, root=root, code=code, label=label,
+                    harness_metrics=DEFAULT_TABLE_METRICS)
 
 
 def suite_dataset(name: str, common: SuiteSettings):
@@ -73,7 +74,7 @@ def check_common(common: SuiteSettings) -> None:
         raise JoinbenchError(f"--batch-size must be at least 1, got {common.batch_size}.")
     if common.limit is not None and common.limit < 1:
         raise JoinbenchError(f"--limit must be at least 1, got {common.limit} (leave it out for the whole split).")
-    for m in common.metrics:
+    for m in common.metrics or ():
         create_metric(m)
 
 

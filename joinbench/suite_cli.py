@@ -29,6 +29,9 @@ def ablate_cmd(
     seed: int = typer.Option(0, "--seed", help="test-split seed"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/ablate/<spec>-<dataset>); finished runs in it are reused"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="setting for every variant, under the variant's own: key=value (repeatable)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma list of metrics (table columns); default: the spec's, "
+                                          "else the dataset's benchmark metrics (whdr* on iiw:, ...), else "
+                                          + ",".join(DEFAULT_TABLE_METRICS)),
     print_spec: bool = typer.Option(False, "--print-spec", help="print the spec's TOML (to copy and edit) and exit"),
     check: bool = typer.Option(False, "--check", help="validate the spec and show each run (reused or to run); run nothing"),
     runs_from: Optional[str] = typer.Option(None, "--runs-from", help=RUNS_FROM_HELP),
@@ -46,9 +49,12 @@ def ablate_cmd(
     if not dataset:
         raise JoinbenchError("ablate needs --dataset, e.g. `joinbench ablate --dataset materials` "
                              "(see `joinbench list datasets`).")
+    if metrics is not None and not _comma_list(metrics):
+        raise JoinbenchError(f"--metrics {metrics!r} names no metric; give a comma list (see `joinbench list metrics`).")
     settings = AblationSettings(dataset=dataset, spec=spec, limit=limit, batch_size=batch_size, device=device,
                                 resolution=resolution, seed=seed, out=out, overrides=parse_set_options(set_),
-                                progress=not quiet, command=command_line(), check_only=check, runs_from=runs_from)
+                                metrics=None if metrics is None else _comma_list(metrics), progress=not quiet,
+                                command=command_line(), check_only=check, runs_from=runs_from)
     folder = run_ablation(settings)
     from .distributed import context
 
@@ -69,7 +75,8 @@ def compare_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
     seed: int = typer.Option(0, "--seed", help="test-split seed"),
-    metrics: str = typer.Option(",".join(DEFAULT_TABLE_METRICS), "--metrics", help="comma list of metrics (table columns)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma list of metrics (table columns); default: each "
+                                          f"dataset's benchmark metrics (whdr* on iiw:, ...), else {','.join(DEFAULT_TABLE_METRICS)}"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/compare); finished runs in it are reused"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="setting of one method: METHOD:key=value (repeatable)"),
     grid_images: int = typer.Option(4, "--grid-images", help="images per dataset figure (at most 8)"),
@@ -85,11 +92,11 @@ def compare_cmd(
     method_list = _comma_list(methods)
     if not 1 <= grid_images <= 8:
         raise JoinbenchError(f"--grid-images must be from 1 to 8, got {grid_images}.")
-    if not _comma_list(metrics):
+    if metrics is not None and not _comma_list(metrics):
         raise JoinbenchError(f"--metrics {metrics!r} names no metric; give a comma list (see `joinbench list metrics`).")
     settings = CompareSettings(datasets=_comma_list(datasets), methods=method_list, limit=limit,
                                batch_size=batch_size, device=device, resolution=resolution, seed=seed,
-                               metrics=_comma_list(metrics), out=out, overrides=parse_method_sets(set_, method_list),
+                               metrics=None if metrics is None else _comma_list(metrics), out=out, overrides=parse_method_sets(set_, method_list),
                                grid_images=grid_images, progress=not quiet, command=command_line(), check_only=check,
                                title=title, runs_from=runs_from)
     folder = run_comparison(settings)

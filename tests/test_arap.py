@@ -179,3 +179,35 @@ def test_run_scores_dense_metrics_and_both_protocols(tmp_path):
     assert albedo["arap-luo-si-mse"]["n"] == 2  # tiger is one of the seven scenes luo leaves out
     table = (run_dir / "table.md").read_text()
     assert "arap-luo-si-mse (intrinsic-image-eval: ground-truth resolution, 7 scenes excluded)" in table
+
+
+# -- as a user tries it: no --metrics, the dataset declares both protocols --------------------------
+
+def test_run_and_compare_without_metrics_score_both_protocols(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = write_arap(tmp_path / "ARAP")
+    for name in ("alley", "alley_light0", "tiger"):  # uniform inputs: trivial's albedo is constant
+        Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(root / "input" / f"{name}.png")
+    monkeypatch.chdir(tmp_path)
+    headings = [f"{m} ({create_metric(m).protocol})" for p, qs in ARAP_PROTOCOLS.items() for m in
+                (f"arap-{p}-{q}" for q in qs)]
+    assert "arap-careaga-lmse (Careaga & Aksoy 2023: 512 px long side)" in headings
+    res = CliRunner().invoke(app, ["run", "--method", "trivial", "--dataset", f"arap:{root}", "-r", "32", "--out", "run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert all(h in res.output for h in headings), res.output
+    # luo on the 40 x 60 truth, mask columns 5..59: a constant scales to the masked mean of
+    # 25 columns of 0.2 and 30 of 0.6, leaving their variance; tiger is excluded (no value)
+    mean = (25 * 0.2 + 30 * 0.6) / 55
+    want = (25 * (0.2 - mean) ** 2 + 30 * (0.6 - mean) ** 2) / 55
+    albedo = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]["albedo"]
+    assert albedo["arap-luo-si-mse"]["n"] == 2 and albedo["arap-luo-si-mse"]["mean"] == pytest.approx(want, abs=1e-7)
+    assert albedo["arap-careaga-rmse"]["n"] == 3 and set(albedo) == {m.split(" ")[0] for m in headings}
+    res = CliRunner().invoke(app, ["compare", "--datasets", f"arap:{root}", "--methods", "color-retinex,trivial", "-r", "32"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "runs" / "compare" / "compare.md").read_text()
+    assert all(f"albedo {h}" in md for h in headings) and "albedo mse" not in md

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,131 @@ def test_benchmark_metrics_on_other_datasets_are_refused(tmp_path):
     assert res.exit_code != 0 and isinstance(res.exception, JoinbenchError)
     msg = str(res.exception)
     assert "real-faces" in msg and "whdr (needs iiw annotations)" in msg and "\n" not in msg
+
+
+# -- as a user tries it: no --metrics, the dataset declares WHDR ---------------------------------
+
+# gray 8-bit codes of the photo around each judged point (background 60): in linear sRGB
+# 0.127 < 0.305 < 0.716, and point 4 / point 1 = 1.043, so every human answer holds
+CODES = {1: 100, 2: 150, 3: 220, 4: 102}
+WHDR_DEFAULTS = ("whdr", "whdr-20", "whdr-eq", "whdr-ineq")
+
+
+def user_fixture(root):
+    """iiw:ROOT with two 32 x 24 photos judged by COMPARISONS: "1" a uniform gray photo (any
+    method that keeps a uniform photo uniform has a constant albedo), "2" gray blocks of CODES
+    around the points (radius 0.2 in normalised units, so resizing keeps the point pixels)."""
+    write_iiw(root, ids=("1", "2"), size=(32, 24))
+    Image.fromarray(np.full((24, 32, 3), 128, np.uint8)).save(root / "data" / "1.png")
+    blocks = np.full((24, 32), 60, np.uint8)
+    for r in range(24):
+        for c in range(32):
+            x, y = (c + 0.5) / 32, (r + 0.5) / 24
+            for p, (px, py) in POINTS.items():
+                if math.hypot(x - px, y - py) < 0.2:
+                    blocks[r, c] = CODES[p]
+    Image.fromarray(np.repeat(blocks[..., None], 3, axis=2)).save(root / "data" / "2.png")
+    return root
+
+
+def albedo_records(run_dir) -> dict[str, dict[str, float]]:
+    rows = [json.loads(ln) for ln in (run_dir / "records.jsonl").read_text().splitlines() if ln.strip()]
+    return {r["id"]: r["metrics"] for r in rows if r["component"] == "albedo"}
+
+
+def test_run_and_compare_without_metrics_score_the_iiw_protocol(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = user_fixture(tmp_path / "iiw")
+    assert create_dataset(f"iiw:{root}", resolution=32).default_metrics(("mse",)) == WHDR_DEFAULTS
+    monkeypatch.chdir(tmp_path)  # runs/ goes where the user stands
+    non_equal = (1.0 + 0.5 + 0.7) / (1.0 + 0.5 + 0.8 + 0.7)  # a constant albedo calls every pair 'E'
+    # hand-derived per image: "1" constant albedo; "2" trivial's albedo is the photo decoded (monotonic)
+    trivial = {"1": {"whdr": non_equal, "whdr-20": non_equal, "whdr-eq": 0.0, "whdr-ineq": 1.0},
+               "2": {m: 0.0 for m in WHDR_DEFAULTS}}
+    res = CliRunner().invoke(app, ["run", "--method", "color-retinex", "--dataset", f"iiw:{root}", "-r", "32"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    for heading in ("whdr (δ=0.10, linear) ↓", "whdr-20 (δ=0.20, linear) ↓", "whdr-eq (δ=0.10, linear, 'E' pairs) ↓",
+                    "whdr-ineq (δ=0.10, linear, '1'/'2' pairs) ↓"):
+        assert heading in res.output
+    header = next(ln for ln in res.output.splitlines() if ln.startswith("| component"))
+    assert "lpips" not in header and "mse" not in header  # the re-render says nothing on IIW
+    run_dir = next((tmp_path / "runs").glob("*-color-retinex-iiw*"))
+    retinex = albedo_records(run_dir)
+    assert retinex["1"] == pytest.approx(trivial["1"], abs=1e-12)  # a uniform photo: constant albedo
+    assert all(0.0 <= v <= 1.0 for v in retinex["2"].values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["dataset_info"]["benchmark_metrics"] == list(WHDR_DEFAULTS)
+    res = CliRunner().invoke(app, ["compare", "--datasets", f"iiw:{root}", "--methods", "color-retinex,trivial",
+                                   "-r", "32"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "runs" / "compare" / "compare.md").read_text()
+    assert "albedo whdr (δ=0.10, linear) ↓" in res.output and "albedo whdr (δ=0.10, linear) ↓" in md
+    assert "albedo whdr-ineq (δ=0.10, linear, '1'/'2' pairs) ↓" in md and "re-render mse" not in md
+    assert "no dense ground truth" in md and "only the re-render is scored" not in md
+    data = json.loads((tmp_path / "runs" / "compare" / "compare.json").read_text())
+    cells = {(c["method"], c["metric"]): c["mean"] for c in data["datasets"][f"iiw:{root}"]["methods"]["trivial"]["results"]}
+    for m in WHDR_DEFAULTS:
+        assert cells[("trivial", m)] == pytest.approx((trivial["1"][m] + trivial["2"][m]) / 2, abs=1e-12)
+    trivial_run = Path(data["datasets"][f"iiw:{root}"]["methods"]["trivial"]["run_dir"])
+    got = albedo_records(trivial_run)
+    assert set(got) == set(trivial) and all(got[i] == pytest.approx(trivial[i], abs=1e-12) for i in trivial)
+
+
+def test_external_predictions_at_the_photo_size_are_scored_at_that_size(tmp_path, monkeypatch):
+    """WHDR reads normalised points, so a prediction saved at the photo's own 32 x 24 is scored
+    as it is. The fixture discriminates: one-pixel values on a bright background score 0 at
+    their own size, but blur into a wrong answer when first resized to the run's 32 x 32."""
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+    from joinbench.imageio import to_resolution, write_npz
+
+    root = user_fixture(tmp_path / "iiw")
+    native = torch.full((3, 24, 32), 1.0)
+    for p, (x, y) in POINTS.items():
+        native[:, math.floor(y * 24), math.floor(x * 32)] = TRUTH[p] / 5
+    j = parse_judgements(judgement_json(), "fixture.json")
+    assert float(create_metric("whdr")(to_resolution(native, 32, "stretch")[None], [j])[0]) > 0  # resized: wrong
+    preds = tmp_path / "preds"
+    for sid in ("1", "2"):
+        write_npz(preds / f"{sid}.npz", albedo=native, shading=torch.ones(3, 24, 32), specular=torch.zeros(3, 24, 32))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", "--method", f"predictions:{preds}", "--dataset", f"iiw:{root}", "-r", "32",
+                                   "--out", "run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "not at the run's 32 px" in res.output and "32x24 px" in res.output
+    assert albedo_records(tmp_path / "run") == {sid: {m: 0.0 for m in WHDR_DEFAULTS} for sid in ("1", "2")}  # exact
+    # a size that is neither the run's nor a whole view of the photo: one line naming the sizes that work
+    write_npz(preds / "1.npz", albedo=torch.ones(3, 30, 20), shading=torch.ones(3, 30, 20), specular=torch.zeros(3, 30, 20))
+    res = CliRunner().invoke(app, ["run", "--method", f"predictions:{preds}", "--dataset", f"iiw:{root}", "-r", "32",
+                                   "--out", "run2"])
+    assert res.exit_code != 0 and isinstance(res.exception, JoinbenchError)
+    msg = str(res.exception)
+    assert "(3, 30, 20)" in msg and "(3, 32, 32)" in msg and "32x24 px" in msg and "--resolution 32" in msg
+    assert "\n" not in msg
+
+
+def test_ablate_scores_the_dataset_metrics_unless_the_spec_or_the_command_names_others(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = user_fixture(tmp_path / "iiw")
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.toml"  # no `metrics`: the dataset's
+    spec.write_text('title = "floor vs retinex"\nbaseline = "trivial"\n\n[[variant]]\nname = "trivial"\nmethod = "trivial"\n\n'
+                    '[[variant]]\nname = "color-retinex"\nmethod = "color-retinex"\n')
+    res = CliRunner().invoke(app, ["ablate", "--dataset", f"iiw:{root}", "--spec", str(spec), "-r", "32", "--out", "a", "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "a" / "ablation.md").read_text()
+    assert "albedo whdr (δ=0.10, linear) ↓" in md and "albedo whdr-ineq (δ=0.10, linear, '1'/'2' pairs) ↓" in md
+    data = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    assert data["metrics"] == list(WHDR_DEFAULTS)
+    res = CliRunner().invoke(app, ["ablate", "--dataset", f"iiw:{root}", "--spec", str(spec), "-r", "32", "--out", "b",
+                                   "--metrics", "whdr-srgb", "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "b" / "ablation.md").read_text()
+    assert "albedo whdr-srgb (δ=0.10, sRGB γ=2.2) ↓" in md and "whdr-20" not in md

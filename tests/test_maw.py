@@ -168,3 +168,47 @@ def test_maw_bad_input(tmp_path):
     with pytest.raises(DatasetError) as e:
         create_dataset(f"maw:{tmp_path / 'd'}")
     assert "labels/meta.csv" in str(e.value)
+
+
+# -- as a user tries it: no --metrics, the dataset declares its two errors --------------------------
+
+def test_run_and_compare_without_metrics_score_the_maw_protocol(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = write_maw(tmp_path / "MAW")
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(root / "images_png" / "scene_1" / "DSC01.png")
+    monkeypatch.chdir(tmp_path)
+    # Hand-derived for a constant gray albedo c (a uniform photo through trivial or color-retinex):
+    # labels 3 (15 x 15 px) and 7 (15 x 20 px) become 75 x 75 and 75 x 100 at 320 x 240 (x5,
+    # nearest). Intensity: every region reads c, so the best scale fits c to the weighted mean
+    # of the measured intensities y, and the error is their weighted variance (x100).
+    # Chromaticity: each region scales c to its own y, so the error is the CIEDE2000 distance
+    # of each measured colour to the gray of its own intensity.
+    w = np.array([75 * 75, 75 * 100], dtype=np.float64)
+    colours = adobe_to_linear_srgb([[0.2, 0.3, 0.4], [0.5, 0.5, 0.5]])
+    y = colours.mean(axis=1)
+    mean = (w * y).sum() / w.sum()
+    intensity = 100 * (w * (y - mean) ** 2).sum() / w.sum()
+    gray = np.repeat(y[:, None], 3, axis=1)
+    chroma = (w * deltaE_ciede2000(rgb2lab(oetf(colours)), rgb2lab(oetf(gray)))).sum() / w.sum()
+    assert intensity > 0.1 and chroma > 1  # the fixture discriminates
+    res = CliRunner().invoke(app, ["run", "--method", "trivial", "--dataset", f"maw:{root}", "-r", "32", "--out", "run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "maw-intensity (×100, one scale over all regions, 320×240) ↓" in res.output
+    assert "maw-chromaticity (CIEDE2000, one scale per region, 320×240) ↓" in res.output
+    albedo = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]["albedo"]
+    assert albedo["maw-intensity"]["mean"] == pytest.approx(intensity, rel=1e-9)
+    assert albedo["maw-chromaticity"]["mean"] == pytest.approx(chroma, rel=1e-6)
+    res = CliRunner().invoke(app, ["compare", "--datasets", f"maw:{root}", "--methods", "color-retinex,trivial", "-r", "32"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "runs" / "compare" / "compare.md").read_text()
+    assert "albedo maw-intensity (×100, one scale over all regions, 320×240) ↓" in md and "re-render mse" not in md
+    cells = json.loads((tmp_path / "runs" / "compare" / "compare.json").read_text())["datasets"][f"maw:{root}"]["methods"]
+    for method in ("color-retinex", "trivial"):  # both keep a uniform photo's albedo constant
+        got = {c["metric"]: c["mean"] for c in cells[method]["results"]}
+        assert got["maw-intensity"] == pytest.approx(intensity, rel=1e-6)
+        assert got["maw-chromaticity"] == pytest.approx(chroma, rel=1e-5)

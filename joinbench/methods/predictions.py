@@ -6,6 +6,16 @@ export`` write; a ``predictions/`` or ``linear/`` subfolder is looked into too),
 encoded display space under ``albedo/<id>.png``, ``shading/<id>.png``,
 ``specular/<id>.png`` (8- or 16-bit). A component that is absent is reported as missing
 for that image instead of being scored.
+
+Size: a prediction has the run's size (``--resolution``), except on datasets whose images
+are the whole photo resized to a square (``geometry = "stretch"``: ``iiw:``, ``maw:``, ``arap:``).
+There an external method's output at the photo's own size (or its aspect ratio, or a square
+of another size: joinbench's own stretched view at another ``--resolution``) covers the same
+content, and the benchmark metrics read it as it is: WHDR at normalised point coordinates, MAW
+and ARAP after their own resize to the protocol's grid. So it is scored at its own size there
+(kept in ``Decomposition.extras["native"]``), and resized to the run's square (whole view,
+linear) only for the re-render, the dense metrics and the figures. Any other size is a
+one-line error naming the sizes that work.
 """
 from __future__ import annotations
 
@@ -51,16 +61,18 @@ class PredictionsMethod(Method):
 
     def prepare(self, dataset, device) -> dict:
         """Decode PNGs and re-render with the dataset's own forward model (its encodings are
-        what ``joinbench datasets export`` wrote), unless ``forward_model`` was set."""
+        what ``joinbench datasets export`` wrote), unless ``forward_model`` was set; note
+        whether the dataset's images are whole photos (predictions of any whole-view size fit)."""
         if dataset is not None and "forward_model" not in self.explicit:
             self._bound_fm = dataset.forward_model
+        self._whole_view = getattr(dataset, "geometry", None) == "stretch"
         return super().prepare(dataset, device)
 
     @property
     def forward_model(self):
         return getattr(self, "_bound_fm", None) or super().forward_model
 
-    def _load(self, sid: str, shape) -> tuple[dict[str, torch.Tensor], list[str]]:
+    def _load(self, sid: str) -> tuple[dict[str, torch.Tensor], list[str]]:
         from ..imageio import read_image, read_npz
 
         fm = self.forward_model
@@ -77,30 +89,60 @@ class PredictionsMethod(Method):
                     enc, _ = read_image(png)
                     found[c] = fm.decode_stored(c, enc)
                     break
-        for c, t in found.items():
-            if tuple(t.shape) != tuple(shape):
-                raise JoinbenchError(
-                    f"Prediction {c} for {sid} has shape {tuple(t.shape)} but the image is {tuple(shape)}; "
-                    f"save predictions at the dataset's --resolution."
-                )
         missing = [c for c in COMPONENTS if c not in found]
         return found, missing
 
+    def _fit(self, sid: str, c: str, t: torch.Tensor, shape: tuple[int, ...], meta: dict) -> torch.Tensor | None:
+        """``t`` itself when it has the run's ``shape``; None when it is a whole-view prediction
+        at another size (scored at its own size, see the module docstring); else a one-line error."""
+        if tuple(t.shape) == shape:
+            return t
+        w0, h0 = (meta or {}).get("original_size") or (shape[2], shape[1])
+        if getattr(self, "_whole_view", False) and t.dim() == 3 and t.shape[0] == shape[0]:
+            h, w = t.shape[-2:]
+            if h == w or abs(h * w0 - w * h0) <= max(w0, h0):  # the photo's aspect, up to rounding
+                return None
+        sizes = f" or, on this whole-photo benchmark, {w0}x{h0} px (the photo's size or aspect)" if getattr(
+            self, "_whole_view", False) else ""
+        raise JoinbenchError(f"Prediction {c} for {sid} ({self.root}) has shape {tuple(t.shape)}, but this run needs "
+                             f"(3, {shape[1]}, {shape[2]}){sizes}; save predictions at --resolution {shape[1]} "
+                             "or rerun with the --resolution they were saved at.")
+
     def decompose_batch(self, batch: Batch) -> Decomposition:
+        from ..imageio import to_resolution
+
         shape = tuple(batch.image.shape[1:])
         comps = {c: [] for c in COMPONENTS}
-        missing = {}
-        for sid in batch.ids:
-            found, miss = self._load(sid, shape)
+        missing, native = {}, {}
+        for i, sid in enumerate(batch.ids):
+            found, miss = self._load(sid)
             if miss:
                 missing[sid] = miss
             for c in COMPONENTS:
                 default = torch.ones(shape) if c == "shading" else torch.zeros(shape)
-                comps[c].append(found.get(c, default))
+                t = found.get(c, default)
+                fitted = self._fit(sid, c, t, shape, batch.meta[i] if batch.meta else {})
+                if fitted is None:  # whole view at its own size: benchmark metrics read it as it is
+                    native.setdefault(sid, {})[c] = t
+                    fitted = to_resolution(t, shape[1], "stretch")
+                    self._note_native(sid, c, t, shape[1])
+                comps[c].append(fitted)
         stack = {c: torch.stack(v).to(batch.image.device) for c, v in comps.items()}
         report(self.progress, "batch", 1, 1, images=len(batch))
         return Decomposition(stack["albedo"], stack["shading"], stack["specular"], self.forward_model,
-                             errors=[None] * len(batch), extras={"missing": missing})
+                             errors=[None] * len(batch), extras={"missing": missing, "native": native})
+
+    def _note_native(self, sid: str, c: str, t: torch.Tensor, resolution: int) -> None:
+        """Say once per run that predictions are scored at their own size (stderr, above the bars)."""
+        if getattr(self, "_noted", False):
+            return
+        self._noted = True
+        from tqdm import tqdm
+
+        tqdm.write(f"note: predictions in {self.root} are not at the run's {resolution} px (e.g. {sid}'s {c}: "
+                   f"{t.shape[-1]}x{t.shape[-2]} px): benchmark metrics (whdr*, maw-*, arap-*) score them at their own "
+                   f"size; the re-render, dense metrics and figures use them resized to {resolution}x{resolution} "
+                   "(whole view).")
 
     def decompose(self, images):
         raise JoinbenchError("predictions:DIR needs image ids; it is used through `joinbench run`.")
