@@ -93,6 +93,7 @@ def ablation_report(spec: AblationSpec, settings: AblationSettings, outcomes: li
     import pandas as pd
 
     from .report import _latex
+    from .tables import Scoring
 
     labels = [o.plan.label for o in outcomes]
     summaries = [o.summary for o in outcomes]
@@ -116,10 +117,11 @@ def ablation_report(spec: AblationSpec, settings: AblationSettings, outcomes: li
           environment_line(ctx, device, code, wall, outcomes), ""]
     if spec.description:
         md += [spec.description.strip(), ""]
-    md += [f"Each cell: mean over the {images_text(n)} of `{settings.dataset}` at {settings.resolution} px, seed "
-           f"{settings.seed}, with its 95% bootstrap interval; ↓ lower is better, ↑ higher is better; the best of each "
-           "column is in bold (ties all bold). Components are compared in encoded display space (the JoIN "
-           "authors' protocol); re-render compares each variant's re-rendered image with the input.", "", table, ""]
+    scoring = Scoring.of(frame.columns)  # the caption describes the metrics scored, from their declarations
+    md += [" ".join(filter(None, [
+        f"Each cell: mean over the {images_text(n)} of `{settings.dataset}` at {settings.resolution} px, seed "
+        f"{settings.seed}, with its {scoring.averages()}; {scoring.arrows((False, True))}; the best of each "
+        "column is in bold (ties all bold).", scoring.suite_caption("variant")])), "", table, ""]
     if comparisons:
         md += ["## Comparisons", "",
                "Each variant against its baseline, image by image: the mean difference (variant − baseline) with "

@@ -120,19 +120,15 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
 
     from .benchmark_metrics import REFERENCE_SPACE
     from .registry import create_metric
+    from .tables import Scoring
 
-    md = [f"# {settings.title}", "", f"Made with `{settings.command or 'the Python API (joinbench.compare.run_comparison)'}`.", "",
-          environment_line(ctx, device, code, wall, outcomes), "",
-          "Each cell: mean over the test images with its 95% bootstrap interval; ↓ lower is better, ↑ higher is "
-          "better; the best of each column in bold (ties all bold). Components are compared in encoded display "
-          "space (the JoIN authors' protocol); re-render compares each method's re-rendered image with the input. "
-          "Figures: per image, the input and ground truth, then each method's re-render, albedo, shading and specular.",
-          ""]
+    md, columns = [], []  # the datasets' sections; every column they hold (the caption describes those only)
     rows, data = [], {"command": settings.command, "code": code, "wall_seconds": wall, "datasets": {}}
     for name, ds in datasets.items():
         group = [o for o in outcomes if o.plan.dataset_name == name]
         labels = [o.plan.method_name for o in group]
         frame, ci, best, directions = results_frames(labels, [o.summary for o in group], group[0].plan.metrics)
+        columns += list(frame.columns)
         n = group[0].plan.images
         gt = ds.has_ground_truth
         refs = [m for m in group[0].plan.metrics if create_metric(m).space == REFERENCE_SPACE]
@@ -164,7 +160,16 @@ def comparison_report(settings: CompareSettings, outcomes: list[RunOutcome], dat
                 entry["methods"][o.plan.method_name].setdefault("results", []).append(cell)
         data["datasets"][name] = entry
     md += runs_section(outcomes)
-    return "\n".join(md) + "\n", rows, data
+    scoring = Scoring.of(columns)
+    truth = "the input and ground truth" if any(ds.has_ground_truth for ds in datasets.values()) else "the input"
+    head = [f"# {settings.title}", "", f"Made with `{settings.command or 'the Python API (joinbench.compare.run_comparison)'}`.", "",
+            environment_line(ctx, device, code, wall, outcomes), "",
+            " ".join(filter(None, [
+                f"Each cell: mean over the test images with its {scoring.averages()}; {scoring.arrows((False, True))}; "
+                "the best of each column in bold (ties all bold).", scoring.suite_caption("method"),
+                f"Figures: per image, {truth}, then each method's re-render, albedo, shading and specular."])),
+            ""]
+    return "\n".join(head + md) + "\n", rows, data
 
 
 def _comparison_figure(dataset, outcomes: list[RunOutcome], path: Path, n_images: int) -> Path | None:

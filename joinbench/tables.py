@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,114 @@ def arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
 
+def spoken_list(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _verb(items: list[str], plural: str, singular: str) -> str:
+    return plural if len(items) > 1 else singular
+
+
+@dataclass
+class Scoring:
+    """What a report's numbers are, read from the columns it holds and each metric's declared
+    contract (:class:`joinbench.metrics.Metric`: space, direction, aggregate, reference), so
+    a caption describes only the metrics that were scored: an ``iiw:`` report scored by WHDR
+    says nothing about MSE or a re-render it does not hold."""
+
+    encoded: list[str] = field(default_factory=list)  # encoded-space metrics that scored a layer
+    linear: list[str] = field(default_factory=list)  # linear-space metrics (layers only)
+    reference: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # annotations -> (metrics, layers)
+    image: list[str] = field(default_factory=list)  # metrics that scored the re-render
+    geometric: list[str] = field(default_factory=list)  # averaged over images geometrically
+    directions: set[bool] = field(default_factory=set)  # higher_is_better of the scored metrics
+
+    @classmethod
+    def of(cls, columns, recorded: dict[str, dict[str, Any]] | None = None) -> "Scoring":
+        """From (component, metric) columns; ``recorded``: a run's ``summary["run"]["metrics"]``
+        (the contract as the run recorded it), else the registry's declaration."""
+        s = cls()
+        layers: dict[str, set[str]] = {}
+        for comp, metric in columns:
+            layers.setdefault(metric, set())
+            if comp == "image":
+                s.image.append(metric)
+            else:
+                layers[metric].add(comp)
+        for metric in sorted(layers, key=metric_rank):
+            declared = metric_declaration(metric)
+            info = (recorded or {}).get(metric, {})
+            space = info.get("space", declared.space if declared is not None else "encoded")
+            hib = info.get("higher_is_better", declared.higher_is_better if declared is not None else False)
+            s.directions.add(bool(hib))
+            if declared is not None and declared.aggregate == "geometric":
+                s.geometric.append(metric)
+            if not layers[metric]:
+                continue
+            if space == "encoded":
+                s.encoded.append(metric)
+            elif space == "linear":
+                s.linear.append(metric)
+            else:
+                names, comps = s.reference.setdefault(getattr(declared, "reference", ""), ([], []))
+                names.append(metric)
+                comps.extend(sorted(layers[metric] - set(comps), key=_component_rank))
+        s.image = sorted(dict.fromkeys(s.image), key=metric_rank)
+        return s
+
+    def averages(self) -> str:
+        """How the cells average over images (a metric may declare a geometric mean)."""
+        if not self.geometric:
+            return "95% bootstrap interval"
+        return (f"95% bootstrap interval ({spoken_list(self.geometric)}: the geometric mean, its interval "
+                f"bootstrapped on the logs)")
+
+    def arrows(self, order: tuple[bool, ...]) -> str:
+        return ", ".join(f"{arrow(h)} {'higher' if h else 'lower'} is better" for h in order if h in self.directions)
+
+    def layer_clauses(self, encoded: str) -> list[str]:
+        """One clause per metric space that scored a layer; ``encoded``: the encoded one's wording."""
+        out = [encoded] if self.encoded and encoded else []
+        if self.linear:
+            out.append(f"{spoken_list(self.linear)} {_verb(self.linear, 'compare', 'compares')} linear components")
+        for ref, (names, comps) in self.reference.items():
+            out.append(f"{spoken_list(names)} {_verb(names, 'score', 'scores')} the {spoken_list(comps)} against "
+                       f"the benchmark's own {ref + ' ' if ref else ''}annotations")
+        if self.reference:
+            out[-1] += " (each heading names its protocol)"
+        return out
+
+    def image_note(self) -> str:
+        """The re-render's metrics, named when no layer clause already says they are encoded-space."""
+        return "" if set(self.image) <= set(self.encoded) else f" by {spoken_list(self.image)} (encoded display space)"
+
+    def run_caption(self) -> str:
+        """The caption of one run's table."""
+        text = f"Mean over images with a {self.averages()}" + (f"; {self.arrows((True, False))}." if self.directions else ".")
+        clauses = self.layer_clauses(f"Encoded-space metrics ({', '.join(self.encoded)}) compare display-space "
+                                     f"components as the JoIN authors do")
+        if clauses:
+            text += " " + "; ".join(clauses) + "."
+        if self.image:
+            text += f" The `image` row compares the method's re-render with the input{self.image_note()}."
+        return text
+
+    def suite_caption(self, who: str) -> str:
+        """The caption of a suite's tables (``who``: "method" or "variant", a row of them)."""
+        alone = not (self.linear or self.reference)
+        clauses = self.layer_clauses("Components are compared in encoded display space (the JoIN authors' protocol)"
+                                     + ("" if alone or not self.encoded else f" by {spoken_list(self.encoded)}"))
+        if self.image:
+            clauses.append(f"{'re-render' if clauses else 'Re-render'} compares each {who}'s re-rendered image with "
+                           f"the input{self.image_note()}")
+        return "; ".join(clauses) + "." if clauses else ""
+
+
+def _component_rank(c: str) -> int:
+    return COMPONENT_ORDER.index(c) if c in COMPONENT_ORDER else len(COMPONENT_ORDER)
+
+
 def run_table_markdown(summary: dict[str, Any]) -> str:
     """One run: rows = components, columns = metrics, 'mean [95% CI]'."""
     from tabulate import tabulate
@@ -129,14 +238,12 @@ def run_table_markdown(summary: dict[str, Any]) -> str:
             row.append("" if v is None else f"{fmt(v['mean'])} [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]")
         rows.append(row)
     n = max((v["n"] for c in results.values() for v in c.values()), default=0)
+    scoring = Scoring.of([(c, m) for c, vals in results.items() for m in vals if m in metrics], run["metrics"])
     head = (
         f"# {run['method']} on {run['dataset']}\n\n"
         f"{n} images at {run['resolution']} px, forward model `{run['forward_model']}`, seed {run['seed']}, "
         f"device {summary['environment']['device_name']}, commit {summary['environment']['commit']}.\n"
-        f"Mean over images with a 95% bootstrap interval; ↑ higher is better, ↓ lower is better. "
-        f"Encoded-space metrics (mse, psnr, ssim, lpips) compare display-space components as the JoIN "
-        f"authors do; si-mse, si-lmse, lmse and dssim compare linear components. The `image` row compares "
-        f"the method's re-render with the input.\n\n"
+        f"{scoring.run_caption()}\n\n"
     )
     if summary.get("failed_images"):
         head += f"Failed images ({len(summary['failed_images'])}): {', '.join(summary['failed_images'][:10])}\n\n"

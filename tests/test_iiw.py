@@ -375,6 +375,41 @@ def test_run_and_compare_without_metrics_score_the_iiw_protocol(tmp_path, monkey
     assert set(got) == set(trivial) and all(got[i] == pytest.approx(trivial[i], abs=1e-12) for i in trivial)
 
 
+def unscored_metric_names(text: str, scored) -> list[str]:
+    """Registered metric names that ``text`` mentions (as whole names) but that were not scored."""
+    import re
+
+    return [m for m in list_metrics() if m not in scored and re.search(rf"(?<![\w-]){re.escape(m)}(?![\w-])", text)]
+
+
+def test_captions_describe_only_the_scored_metrics(tmp_path, monkeypatch):
+    """Scored by WHDR alone, the run's table.md and compare.md name no other metric, no
+    display-space comparison and no re-render (their captions come from the metrics' declarations)."""
+    from typer.testing import CliRunner
+
+    from joinbench.cli import app
+
+    root = user_fixture(tmp_path / "iiw")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", "--method", "trivial", "--dataset", f"iiw:{root}", "-r", "32", "--out", "run", "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert unscored_metric_names(table, WHDR_DEFAULTS) == []
+    assert "whdr, whdr-20, whdr-eq and whdr-ineq score the albedo against the benchmark's own iiw annotations" in table
+    for claim in ("Encoded-space", "display-space", "linear components", "`image` row", "re-render", "↑"):
+        assert claim not in table, claim
+    res = CliRunner().invoke(app, ["compare", "--datasets", f"iiw:{root}", "--methods", "trivial", "-r", "32",
+                                   "--out", "cmp", "-q"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    caption, figures = next(ln for ln in md.splitlines() if ln.startswith("Each cell:")).split(" Figures: ")
+    assert unscored_metric_names(md, WHDR_DEFAULTS) == []
+    assert "whdr, whdr-20, whdr-eq and whdr-ineq score the albedo against the benchmark's own iiw annotations" in caption
+    for claim in ("encoded display space", "re-render", "ground truth", "↑"):
+        assert claim not in caption, claim
+    assert figures == "per image, the input, then each method's re-render, albedo, shading and specular."
+
+
 def test_external_predictions_at_the_photo_size_are_scored_at_that_size(tmp_path, monkeypatch):
     """WHDR reads normalised points, so a prediction saved at the photo's own 32 x 24 is scored
     as it is. The fixture discriminates: one-pixel values on a bright background score 0 at
