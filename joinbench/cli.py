@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from .cli_options import BATCH_SIZE, DEVICE, LIMIT, QUIET, RESOLUTION, SEED
 from .env import command_line
 from .errors import Interrupted, JoinbenchError, did_you_mean
 from .gan.cli import priors_app
@@ -56,17 +57,17 @@ def list_cmd(kind: str = typer.Argument(..., help="methods | datasets | metrics 
 def run_cmd(
     method: str = typer.Option(..., "--method", "-m", help="registered method, e.g. color-retinex (see `joinbench list methods`)"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="registered dataset, e.g. materials, folder:PATH"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="images per batch"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
-    seed: int = typer.Option(0, "--seed", help="test-split seed"),
+    limit: Optional[int] = LIMIT,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    resolution: int = RESOLUTION,
+    seed: int = SEED,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<time>-<method>-<dataset>); rerun into it to resume"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a method setting: key=value (repeatable)"),
     metrics: str = typer.Option("default", "--metrics", help="comma list, 'default' (the dataset's benchmark metrics, e.g. whdr* on iiw:, else mse,psnr,ssim,lpips,si-mse,si-lmse,lmse,dssim) or 'none' (score later with --method predictions:RUN/predictions)"),
     save_predictions: bool = typer.Option(False, "--save-predictions", help="keep every prediction (lossless npz) in RUN/predictions"),
     grid_images: int = typer.Option(8, "--grid-images", help="rows in grid.png"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = QUIET,
 ):
     """Run METHOD on DATASET: records.jsonl, summary.json, table.md and grid.png in a run folder.
 

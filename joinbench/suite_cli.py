@@ -13,20 +13,18 @@ from .ablate import AblationSettings, run_ablation
 from .compare import DEFAULT_COMPARE_DATASETS, DEFAULT_COMPARE_METHODS, CompareSettings, parse_method_sets, run_comparison
 from .env import command_line
 from .errors import JoinbenchError
+from .cli_options import BATCH_SIZE, DEVICE, LIMIT, LIMIT_EACH_DATASET, QUIET, RESOLUTION, RUNS_FROM, SEED
 from .spec import DEFAULT_SPEC, DEFAULT_TABLE_METRICS, load_spec
-
-RUNS_FROM_HELP = ("COMMIT: re-render the report with this code from the finished runs made at COMMIT in --out "
-                  "(a prefix; nothing is computed, every run must be finished)")
 
 
 def ablate_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="registered dataset, e.g. materials"),
     spec: str = typer.Option(DEFAULT_SPEC, "--spec", "-s", help="spec file (TOML), or a shipped spec's name: join (default), join-s1"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images (on CPU unless given: 4 for the join-s1 variants, 2 for the other join variants)"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="images per batch"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
-    seed: int = typer.Option(0, "--seed", help="test-split seed"),
+    limit: Optional[int] = LIMIT,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    resolution: int = RESOLUTION,
+    seed: int = SEED,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/ablate/<spec>-<dataset>); finished runs in it are reused"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="setting for every variant, under the variant's own: key=value (repeatable)"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma list of metrics (table columns); default: the spec's, "
@@ -34,8 +32,8 @@ def ablate_cmd(
                                           + ",".join(DEFAULT_TABLE_METRICS)),
     print_spec: bool = typer.Option(False, "--print-spec", help="print the spec's TOML (to copy and edit) and exit"),
     check: bool = typer.Option(False, "--check", help="validate the spec and show each run (reused or to run); run nothing"),
-    runs_from: Optional[str] = typer.Option(None, "--runs-from", help=RUNS_FROM_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    runs_from: Optional[str] = RUNS_FROM,
+    quiet: bool = QUIET,
 ):
     """Run the ablation variants of a spec on DATASET: one table (ablation.md, .csv, .json, .tex).
 
@@ -70,11 +68,11 @@ def _comma_list(text: str) -> tuple[str, ...]:
 def compare_cmd(
     datasets: str = typer.Option(",".join(DEFAULT_COMPARE_DATASETS), "--datasets", help="comma list of datasets"),
     methods: str = typer.Option(",".join(DEFAULT_COMPARE_METHODS), "--methods", help="comma list of methods (table rows)"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N test images of each dataset"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="images per batch"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    resolution: int = typer.Option(64, "--resolution", "-r", help="power of two, 16..512"),
-    seed: int = typer.Option(0, "--seed", help="test-split seed"),
+    limit: Optional[int] = LIMIT_EACH_DATASET,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    resolution: int = RESOLUTION,
+    seed: int = SEED,
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma list of metrics (table columns); default: each "
                                           f"dataset's benchmark metrics (whdr* on iiw:, ...), else {','.join(DEFAULT_TABLE_METRICS)}"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default runs/compare); finished runs in it are reused"),
@@ -82,8 +80,8 @@ def compare_cmd(
     grid_images: int = typer.Option(4, "--grid-images", help="images per dataset figure (at most 8)"),
     title: str = typer.Option("Main comparison", "--title", help="heading of compare.md"),
     check: bool = typer.Option(False, "--check", help="validate and show each run (reused or to run); run nothing"),
-    runs_from: Optional[str] = typer.Option(None, "--runs-from", help=RUNS_FROM_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    runs_from: Optional[str] = RUNS_FROM,
+    quiet: bool = QUIET,
 ):
     """Run METHODS on DATASETS: one report (compare.md, .csv, .json) with a table and a figure per dataset.
 
