@@ -24,21 +24,16 @@ DEFAULT_COMPARE_METHODS = ("join", "unet", "color-retinex", "retinex", "trivial"
 
 
 @dataclass
-class CompareSettings:
-    """``joinbench compare``: methods x datasets."""
+class CompareSettings(SuiteSettings):
+    """``joinbench compare``: methods x datasets. The options every run shares (limit, batch
+    size, device, resolution, seed, metrics, progress) are the suite's own fields, so the
+    settings are what each run is planned from; pass them as keywords."""
 
     datasets: tuple[str, ...] = DEFAULT_COMPARE_DATASETS
     methods: tuple[str, ...] = DEFAULT_COMPARE_METHODS
-    limit: int | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    resolution: int = 64
-    seed: int = 0
-    metrics: tuple[str, ...] | None = None  # None: each dataset's own (WHDR on iiw:, ...; else the table's default)
     out: Path | None = None  # default runs/compare
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> --set
     grid_images: int = 4  # images per dataset figure
-    progress: bool = True
     command: str = ""
     check_only: bool = False
     title: str = "Main comparison"  # heading of compare.md
@@ -73,21 +68,18 @@ def plan_comparison(settings: CompareSettings):
         dup = sorted({x for x in group if group.count(x) > 1})
         if dup:
             raise JoinbenchError(f"--{what}s lists {', '.join(dup)} twice.")
-    common = SuiteSettings(limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
-                           resolution=settings.resolution, seed=settings.seed,
-                           metrics=None if settings.metrics is None else tuple(settings.metrics), progress=settings.progress)
-    check_common(common)
+    check_common(settings)  # the suite's shared options are the settings' own
     for m in settings.methods:
         create_method(m, **settings.overrides.get(m, {}))  # unknown names and settings fail here
-    datasets = {d: suite_dataset(d, common) for d in settings.datasets}
+    datasets = {d: suite_dataset(d, settings) for d in settings.datasets}
     for d, ds in datasets.items():
-        check_scorable(d, ds, run_metrics(common.metrics, ds, DEFAULT_TABLE_METRICS))
+        check_scorable(d, ds, run_metrics(settings.metrics, ds, DEFAULT_TABLE_METRICS))
     ctx = distributed.init(settings.device)
     device = run_device(settings.device)
     out = Path(settings.out) if settings.out else Path("runs") / "compare"
     check_out(out)
     code = suite_code(out, settings.runs_from)
-    plans = {d: [plan_suite_run(f"{m} on {d}", m, settings.overrides.get(m, {}), d, ds, device, common, out, code)
+    plans = {d: [plan_suite_run(f"{m} on {d}", m, settings.overrides.get(m, {}), d, ds, device, settings, out, code)
                  for m in settings.methods] for d, ds in datasets.items()}
     return plans, datasets, out, ctx, device
 
