@@ -4,7 +4,7 @@
 # untracked-not-ignored files) under SMOKE_DIR (default: a new temporary folder); this checkout's
 # joinbench/weights, reports and README are never touched.
 #
-#   bash scripts/smoke_campaign.sh            # a few minutes on a 2-core CPU
+#   bash scripts/smoke_campaign.sh            # 16-25 minutes on a loaded 2-core CPU
 #
 #   1. base/: tiny 16 px models trained from nothing (priors, encoders, U-Nets) replace the
 #      shipped 64 px ones as its "shipped state", logged as window 0;
